@@ -1,0 +1,96 @@
+"""Shared test setup: every test runs offline, with its caches in temporary folders.
+
+Nothing here downloads: the "pretrained" path is exercised with a weights file that a fixture
+writes into a temporary TORCH_HOME under torchvision's real file name.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Before anything imports tuner or torch: isolate caches and forbid downloads for the whole session.
+_SESSION_TMP = Path(os.environ.get("TUNER_TEST_TMP", "/tmp")) / f"tuner-tests-{os.getpid()}"
+os.environ["TUNER_HOME"] = str(_SESSION_TMP / "tuner-home")
+os.environ["TORCH_HOME"] = str(_SESSION_TMP / "torch-home")
+os.environ["TUNER_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+TINY_SIZE = 32  # image size for training tests: the real ResNet50, at a size a CPU does quickly
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_dirs():
+    _SESSION_TMP.mkdir(parents=True, exist_ok=True)
+    yield
+    import shutil
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    from tuner.demo_data import demo_dataset_dir
+    return demo_dataset_dir()
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:
+    """Class folders of small generated images whose colour depends on the class (learnable)."""
+    rng = random.Random(seed)
+    for k, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)][k % 4]
+            colour = tuple(max(0, min(255, c + rng.randint(-30, 30))) for c in base)
+            img = Image.new("RGB", (size + rng.randint(0, 8), size), colour)
+            img.putpixel((rng.randrange(size), rng.randrange(size)), (255, 255, 255))
+            img.save(root / name / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "data", {"red": 6, "green": 6, "blue": 6})
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights_file() -> Path:
+    """A ResNet50 state_dict saved under torchvision's file name in the test TORCH_HOME hub cache.
+
+    Its values are random (no download is possible here) but its names and shapes are the real
+    ones, so every code path that reads pretrained weights runs for real.
+    """
+    from torchvision.models import resnet50
+
+    from tuner.weights import IMAGENET_FILENAME, hub_checkpoint_dir
+
+    path = hub_checkpoint_dir() / IMAGENET_FILENAME
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(1234)
+        torch.save(resnet50(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_dir) -> Path:
+    """One short head-only run on the demo data (shared by predict/evaluate/export/UI tests)."""
+    from tuner.config import AugmentConfig, TrainConfig
+    from tuner.train import run_to_end
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    config = TrainConfig(out=str(out), weights="random", image_size=TINY_SIZE, epochs=2, batch_size=16,
+                         augment=AugmentConfig.from_preset("none"))
+    finished = run_to_end(config)
+    assert finished.status == "completed"
+    return out

@@ -1,0 +1,105 @@
+"""The command line as users run it (subprocesses), and the flag table behind it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY_SIZE
+from tuner.cli import build_parser, command_for, config_from_args, uncovered_config_fields
+from tuner.config import AugmentConfig, TrainConfig
+
+
+def tuner(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_help_lists_every_command():
+    result = tuner("--help")
+    assert result.returncode == 0
+    for command in ("inspect", "train", "evaluate", "predict"):
+        assert command in result.stdout
+    train_help = tuner("train", "--help").stdout
+    for flag in ("--data", "--out", "--trainable", "--epochs", "--image-size", "--batch-size", "--optimizer",
+                 "--lr", "--weights", "--seed", "--resume"):
+        assert flag in train_help
+
+
+def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset):
+    out = tmp_path / "run"
+    result = tuner("train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", "--image-size",
+                   str(TINY_SIZE), "--batch-size", "4", "--augment", "none")
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stderr and "Completed" in result.stderr
+    assert {"last.pt", "best.pt", "history.csv", "metrics.json"} <= {p.name for p in out.iterdir()}
+
+    images = sorted(str(p) for p in (tiny_dataset / "red").iterdir())[:2]
+    result = tuner("predict", "--checkpoint", str(out / "best.pt"), "--top-k", "2", "--json", *images)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == images
+    for line in lines:
+        assert len(line["top_k"]) == 2
+        assert {entry["label"] for entry in line["top_k"]} <= {"red", "green", "blue"}
+        assert line["top_k"][0]["prob"] >= line["top_k"][1]["prob"]
+
+    # Resume with only --out: the run keeps its own data and settings, and trains on.
+    result = tuner("train", "--out", str(out), "--resume", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2/2" in result.stderr and "ignored" not in result.stderr
+
+    result = tuner("evaluate", "--checkpoint", str(out / "best.pt"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["classes"] == ["blue", "green", "red"] and 0 <= report["accuracy"] <= 1
+    assert len(report["confusion_matrix"]) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "/no/such/folder", "--out", "OUT"], "Dataset folder not found"),
+    (["train", "--epochs", "0", "--out", "OUT"], "at least 1 epoch"),
+    (["train", "--trainable", "layer4", "--backbone-lr-mult", "0", "--out", "OUT"], "trainable='head'"),
+    (["predict", "--checkpoint", "/no/such.pt", "x.png"], "Checkpoint not found"),
+    (["predict", "x.png"], "--checkpoint FILE"),
+    (["evaluate", "--checkpoint", "/no/such.pt"], "Checkpoint not found"),
+])
+def test_user_errors_are_one_clear_line_without_traceback(tmp_path, args, message):
+    result = tuner(*[str(tmp_path / "out") if a == "OUT" else a for a in args])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_prints_stages_and_shapes():
+    result = tuner("inspect", "--trainable", "layer4", "--classes", "5", "--image-size", "64", "--no-download",
+                   "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    stages = {row["stage"]: row for row in info["stages"]}
+    assert stages["layer4"]["trainable"] == stages["layer4"]["params"] == 14_964_736
+    assert stages["layer3"]["trainable"] == 0
+    assert info["weights"]["kind"] == "random"  # offline in tests: said plainly, not hidden
+    shapes = {row["module"]: row["output_shape"] for row in info["output_shapes"]}
+    assert shapes["layer4"] == "1x2048x2x2"
+
+
+def test_every_config_field_has_a_flag():
+    assert uncovered_config_fields() == []
+
+
+def test_command_for_reproduces_the_config():
+    config = TrainConfig(data="photos.zip", out="runs/x y", trainable="layer3", lr=0.02, epochs=7,
+                         augment=AugmentConfig.from_preset("strong").with_changes(hflip=False), sync_bn=True)
+    command = command_for(config)
+    assert command.startswith("python -m tuner train ")
+    assert "'runs/x y'" in command  # quoted, ready to paste
+    import shlex
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert config_from_args(args) == config.validate()
+    assert command_for(TrainConfig()) == "python -m tuner train"

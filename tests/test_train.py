@@ -1,0 +1,242 @@
+"""The training loop on the real ResNet50 at tiny image sizes: files, stop/resume, recipes, weights."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY_SIZE, make_image_folder
+from tuner.checkpoint import load_checkpoint, model_from_checkpoint
+from tuner.config import AugmentConfig, TrainConfig
+from tuner.errors import TunerError
+from tuner.model import stage_of
+from tuner.train import CheckpointSaved, EpochEnd, Finished, Progress, StageStarted, run_to_end, train
+
+
+def tiny_config(out, data, **overrides) -> TrainConfig:
+    values = dict(data=str(data), out=str(out), weights="random", image_size=TINY_SIZE, epochs=2, batch_size=4,
+                  augment=AugmentConfig.from_preset("none"), num_workers=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def collect(config, **kwargs):
+    return list(train(config, **kwargs))
+
+
+def test_a_run_writes_checkpoints_history_and_metrics(tmp_path, tiny_dataset):
+    events = collect(tiny_config(tmp_path / "run", tiny_dataset))
+    out = tmp_path / "run"
+    assert {p.name for p in out.iterdir()} >= {"last.pt", "best.pt", "history.csv", "metrics.json"}
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert list(history.epoch) == [1, 2]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["classes"] == ["blue", "green", "red"]
+    assert len(metrics["best"]["confusion_matrix"]) == 3
+    state = torch.load(out / "last.pt", weights_only=True)  # plain data only: loads without unpickling
+    for key in ("model_state", "classes", "image_size", "mean", "std", "weights_source", "config", "epoch",
+                "history", "optimizer_state", "scheduler_state", "rng_state"):
+        assert key in state, key
+    assert state["epoch"] == 2 and state["next_batch"] == 0
+    kinds = [e.kind for e in events if isinstance(e, CheckpointSaved)]
+    assert kinds.count("last") == 2 and "best" in kinds
+    assert isinstance(events[-1], Finished) and events[-1].status == "completed"
+    ends = [e for e in events if isinstance(e, EpochEnd)]
+    assert [e.row() for e in ends] == state["history"]
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "run", tiny_dataset, epochs=1)
+    run_to_end(config)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(TunerError, match="--resume"):
+        run_to_end(config)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    run_to_end(config, overwrite=True)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    with pytest.raises(TunerError, match="Nothing to resume"):
+        run_to_end(tiny_config(tmp_path / "empty", tiny_dataset), resume=True)
+
+
+class StopAfter:
+    """A stop signal that trips after `n` training batches (what the Stop button does, deterministically)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.event = threading.Event()
+
+    def watch(self, events):
+        seen = 0
+        for event in events:
+            if isinstance(event, Progress) and event.phase == "train":
+                seen += 1
+                if seen >= self.n:
+                    self.event.set()
+            yield event
+
+
+def interrupted_then_resumed(config, stop_after: int):
+    stopper = StopAfter(stop_after)
+    events = list(stopper.watch(train(config, stop=stopper.event)))
+    assert events[-1].status == "stopped"
+    stopped = load_checkpoint(config.out + "/last.pt")  # a stop leaves a loadable checkpoint
+    model_from_checkpoint(stopped)
+    resumed = list(train(config, resume=True))
+    assert resumed[-1].status == "completed"
+    return stopped, load_checkpoint(config.out + "/last.pt")
+
+
+@pytest.mark.slow
+def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_dataset):
+    # The plain path (no cache), with augmentation and momentum, through layer4: the hardest case.
+    common = dict(trainable="layer4", feature_cache="off", augment=AugmentConfig.from_preset("light"),
+                  epochs=2, seed=7)
+    whole = tiny_config(tmp_path / "whole", tiny_dataset, **common)
+    run_to_end(whole)
+    expected = load_checkpoint(tmp_path / "whole" / "last.pt")
+    stopped, final = interrupted_then_resumed(tiny_config(tmp_path / "split", tiny_dataset, **common), 5)
+    assert (stopped["epoch"], stopped["next_batch"]) == (1, 1)  # epoch 2 (0-based 1), after its first batch
+    for key, value in expected["model_state"].items():
+        assert torch.equal(final["model_state"][key], value), key
+    drop_seconds = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop_seconds(final["history"]) == drop_seconds(expected["history"])
+
+
+def test_stop_and_resume_on_the_feature_cache_path(tmp_path, tiny_dataset):
+    common = dict(epochs=3, seed=1)
+    run_to_end(tiny_config(tmp_path / "whole", tiny_dataset, **common))
+    expected = load_checkpoint(tmp_path / "whole" / "last.pt")
+    _, final = interrupted_then_resumed(tiny_config(tmp_path / "split", tiny_dataset, **common), 6)
+    assert torch.equal(final["model_state"]["fc.weight"], expected["model_state"]["fc.weight"])
+
+
+def test_a_stop_during_feature_extraction_still_leaves_a_checkpoint(tmp_path, tiny_dataset):
+    stop = threading.Event()
+    stop.set()
+    events = collect(tiny_config(tmp_path / "run", tiny_dataset), stop=stop)
+    assert events[-1].status == "stopped"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0
+
+
+def test_resume_can_extend_epochs_but_keeps_the_run_settings(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "run", tiny_dataset, epochs=1, lr=0.05)
+    run_to_end(config)
+    longer = tiny_config(tmp_path / "run", tiny_dataset, epochs=2, lr=0.5)
+    events = collect(longer, resume=True)
+    warnings = [e.text for e in events if type(e).__name__ == "Message" and e.level == "warning"]
+    assert any("ignored: lr" in w for w in warnings)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 2 and state["config"]["lr"] == 0.05
+
+
+def test_resume_with_other_classes_is_refused(tmp_path, tiny_dataset):
+    run_to_end(tiny_config(tmp_path / "run", tiny_dataset, epochs=1))
+    other = make_image_folder(tmp_path / "other", {"cats": 4, "dogs": 4})
+    with pytest.raises(TunerError, match="differ from the checkpoint"):
+        run_to_end(tiny_config(tmp_path / "run", other, epochs=2), resume=True)
+
+
+def test_two_stage_recipe_trains_the_head_then_unfreezes(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "run", tiny_dataset, trainable="layer4", head_epochs=1, epochs=2)
+    torch.manual_seed(config.seed)
+    events = collect(config)
+    stages = [e for e in events if isinstance(e, StageStarted)]
+    assert [(s.epoch, s.trainable) for s in stages] == [(1, "head"), (2, "layer4")]
+    assert "feature cache on" in stages[0].fast_path
+    assert stages[1].trainable_params > stages[0].trainable_params
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert len(history) == 2
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "run", tiny_dataset, epochs=6, lr=1e-12, early_stopping=2, scheduler="none")
+    finished = run_to_end(config)
+    assert finished.status == "early_stopped"
+    assert finished.epochs_done == 3 and finished.best_epoch == 1
+
+
+def test_pretrained_weights_from_the_hub_cache(tmp_path, tiny_dataset, imagenet_weights_file):
+    config = tiny_config(tmp_path / "run", tiny_dataset, weights="imagenet", trainable="layer4", epochs=1, lr=0.1)
+    events = collect(config)
+    started = events[0]
+    assert started.weights["kind"] == "imagenet" and started.weights["pretrained"]
+    assert "318 tensors loaded, 2 skipped" in started.weights_report
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    lrs = {g["name"]: g["initial_lr"] for g in state["optimizer_state"]["param_groups"]}
+    assert lrs["head"] == 0.1 and lrs["backbone"] == pytest.approx(0.01)  # backbone x0.1 over pretrained
+    original = torch.load(imagenet_weights_file, weights_only=True)
+    for name in ("conv1.weight", "layer3.0.conv1.weight"):  # frozen stages keep the pretrained values
+        assert torch.equal(state["model_state"][name], original[name])
+    assert not torch.equal(state["model_state"]["layer4.0.conv1.weight"], original["layer4.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("imbalance", ["sampler", "loss"])
+def test_imbalance_options_train(tmp_path, imbalance):
+    data = make_image_folder(tmp_path / "data", {"many": 12, "few": 3})
+    finished = run_to_end(tiny_config(tmp_path / "run", data, imbalance=imbalance, epochs=1))
+    assert finished.status == "completed"
+
+
+@pytest.mark.parametrize("optimizer, scheduler", [("adam", "step"), ("adamw", "cosine"), ("sgd", "none")])
+def test_optimizers_and_schedulers(tmp_path, tiny_dataset, optimizer, scheduler):
+    config = tiny_config(tmp_path / "run", tiny_dataset, optimizer=optimizer, scheduler=scheduler, epochs=2,
+                         warmup_epochs=1, step_size=1, gamma=0.5, label_smoothing=0.1)
+    events = collect(config)
+    lrs = [e.lr for e in events if isinstance(e, EpochEnd)]
+    base = config.base_lr
+    assert lrs[0] == pytest.approx(base)  # the last warm-up step reaches the full rate
+    if scheduler == "cosine":
+        assert 0 < lrs[1] < base * 0.5  # well down the cosine by the last step
+    else:
+        assert lrs[1] == pytest.approx({"step": base * 0.5, "none": base}[scheduler])
+
+
+def test_learning_curves_improve_on_learnable_data(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "run", tiny_dataset, epochs=8, batch_size=6)
+    ends = [e for e in collect(config) if isinstance(e, EpochEnd)]
+    assert ends[-1].train_loss < ends[0].train_loss
+    assert ends[-1].train_acc > 0.5  # colour classes: a head on calibrated random features can learn them
+
+
+def test_stop_at_the_two_stage_switch_keeps_each_epochs_own_totals(tmp_path, tiny_dataset):
+    common = dict(trainable="layer4", head_epochs=1, epochs=2, seed=3)
+    run_to_end(tiny_config(tmp_path / "whole", tiny_dataset, **common))
+    expected = load_checkpoint(tmp_path / "whole" / "last.pt")["history"]
+    # Its own cache folder, so stage 2 computes its cache (the first run's would be reused from disk).
+    config = tiny_config(tmp_path / "split", tiny_dataset, cache_dir=str(tmp_path / "cache"), **common)
+    stopper = StopAfter(2)  # mid-epoch 1 (the head-only stage)
+    assert list(stopper.watch(train(config, stop=stopper.event)))[-1].status == "stopped"
+    stop = threading.Event()
+    for event in train(config, stop=stop, resume=True):  # stop again while stage 2 fills its cache
+        if isinstance(event, Progress) and event.phase == "features" and event.epoch == 2:
+            stop.set()
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
+    run_to_end(config, resume=True)
+    history = load_checkpoint(tmp_path / "split" / "last.pt")["history"]
+    for got, want in zip(history, expected):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        assert got["train_acc"] == want["train_acc"]
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "run", tiny_dataset, epochs=1)
+    first = train(config)
+    next(first)  # running: holds the folder
+    with pytest.raises(TunerError, match="Another run is writing"):
+        next(train(tiny_config(tmp_path / "run", tiny_dataset, epochs=1)))
+    for _ in first:
+        pass
+    first.close()
+    run_to_end(config, resume=True)  # once the first has finished, the folder is free again
+
+
+def test_batch_of_one_cannot_train_batchnorm():
+    with pytest.raises(TunerError, match="batch_size=1"):
+        TrainConfig(trainable="layer4", batch_size=1).validate()
+    TrainConfig(trainable="head", batch_size=1).validate()

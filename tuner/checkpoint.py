@@ -1,0 +1,83 @@
+"""Checkpoints: written atomically, read with `weights_only=True`, and checked before use.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so loading it can never
+run code. It holds everything needed to predict (model state, classes, image size, normalisation)
+and to resume (config, epoch and position in it, history, optimizer/scheduler/RNG state).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import TunerError
+from .weights import refused_file_error
+
+CHECKPOINT_FORMAT = "tuner.checkpoint"
+CHECKPOINT_VERSION = 1
+PREDICT_KEYS = ("model_state", "classes", "image_size", "mean", "std")
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call write(tmp_path) on a temp file beside `path`, then rename it into place.
+
+    Readers see the old file or the new one, never half of one, even if the process dies mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a tuner checkpoint safely; a TunerError names the problem for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunerError(f"Checkpoint not found: {path}. Train first (python -m tuner train ...) or give the "
+                         "path to a best.pt/last.pt file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise refused_file_error(path.name, exc, "Use a checkpoint written by tuner.") from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
+        raise TunerError(f"{path.name} is not a readable checkpoint ({str(exc)[:100]}).") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TunerError(f"{path.name} is not a tuner checkpoint. For plain weights, use it as the starting "
+                         "weights file (--weights) instead.")
+    if state.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise TunerError(f"{path.name} was written by a newer tuner (format {state['format_version']}): upgrade tuner.")
+    missing = [k for k in PREDICT_KEYS if k not in state]
+    if missing:
+        raise TunerError(f"{path.name} lacks {', '.join(missing)}: it is incomplete; use another checkpoint.")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
+    """The fine-tuned ResNet50 of a checkpoint, in eval mode on the CPU."""
+    from .model import new_resnet50
+
+    model = new_resnet50(len(state["classes"]))
+    try:
+        model.load_state_dict(state["model_state"], strict=True)
+    except RuntimeError as exc:
+        raise TunerError(f"The checkpoint's weights do not fit ResNet50 ({str(exc).splitlines()[0][:120]}).") from None
+    return model.eval()

@@ -1,0 +1,135 @@
+"""Top-k predictions for images, from a fine-tuned checkpoint or from the base ImageNet model.
+
+On a CPU the model runs through ONNX Runtime when it is installed (backend 'auto'): about 1.5x
+faster than eager PyTorch at 224 px and 2x at 128 px, batch 1, on the 2-core test machine. The ONNX
+file is exported from the checkpoint's own model on first use and cached by its weights (see
+`onnx_runtime`); if that fails, prediction runs eagerly and `backend_note` says why.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import MEAN, STD, eval_transform, load_rgb, to_rgb
+from .errors import TunerError
+from .model import new_resnet50
+from .onnx_runtime import OnnxModel, OnnxRuntimeUnavailable, resolve_backend
+from .weights import IMAGENET_WEIGHTS, WeightsSource, apply_state_dict, read_state_dict, resolve_weights
+
+
+@dataclass
+class Prediction:
+    image: str
+    top_k: list[tuple[str, float]]  # (label, probability), most likely first
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "top_k": [{"label": label, "prob": prob} for label, prob in self.top_k]}
+
+
+class Predictor:
+    """A model plus what it needs to read images: classes, image size and normalisation.
+
+    `backend`: 'auto' (ONNX Runtime on a CPU when installed, else PyTorch), 'onnxruntime' or 'torch'.
+    `model` stays the eager PyTorch model whichever backend runs it.
+    """
+
+    def __init__(self, model: torch.nn.Module, classes: Sequence[str], image_size: int, source: str,
+                 device: str | torch.device = "cpu", backend: str = "auto"):
+        self.model = model.eval().to(device)
+        self.classes = list(classes)
+        self.image_size = image_size
+        self.source = source  # one line saying which model this is
+        self.device = torch.device(device)
+        self.transform = eval_transform(image_size)
+        self.requested_backend = backend
+        self.backend = resolve_backend(backend, self.device)  # what runs the model: 'torch' or 'onnxruntime'
+        self.backend_note = ""  # why the backend differs from the one asked for, when it does
+        self._onnx: OnnxModel | None = None
+        self._onnx_lock = threading.Lock()  # one export even when several requests arrive at once
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "onnxruntime":
+            with self._onnx_lock:
+                if self._onnx is None and self.backend == "onnxruntime":
+                    try:
+                        self._onnx = OnnxModel(self.model, self.image_size, "classifier")
+                    except OnnxRuntimeUnavailable as exc:
+                        if self.requested_backend == "onnxruntime":
+                            raise TunerError(f"ONNX Runtime cannot run this model: {exc}. Use backend='torch'.") \
+                                from None
+                        self.backend, self.backend_note = "torch", f"running in PyTorch: {exc}"
+            if self._onnx is not None:
+                return self._onnx(x)
+        return self.model(x)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", backend: str = "auto") -> "Predictor":
+        state = load_checkpoint(path)
+        if tuple(state["mean"]) != tuple(MEAN) or tuple(state["std"]) != tuple(STD):
+            raise TunerError(f"{Path(path).name} uses a normalisation this tuner does not know: retrain it.")
+        epoch = state.get("epoch", "?")
+        return cls(model_from_checkpoint(state), state["classes"], int(state["image_size"]),
+                   f"fine-tuned checkpoint {Path(path).name} (epoch {epoch})", device, backend)
+
+    @classmethod
+    def imagenet(cls, weights: str = "imagenet", device: str = "cpu", allow_download: bool = True,
+                 backend: str = "auto") -> "Predictor":
+        """The base model with its 1000 ImageNet classes (names from torchvision's weights metadata)."""
+        source: WeightsSource = resolve_weights(weights, allow_download=allow_download)
+        if not source.pretrained:
+            raise TunerError("The base ImageNet model needs its pretrained weights, and none were found. "
+                             + source.message.split(". ", 1)[-1])
+        model = new_resnet50(1000)
+        report = apply_state_dict(model, read_state_dict(source.path), Path(source.path).name)
+        if any(k.startswith("fc.") for k in report.missing):
+            raise TunerError(f"{Path(source.path).name} has no 1000-class ImageNet head, so it cannot name ImageNet "
+                             "classes: use the ImageNet weights file, or predict with a fine-tuned checkpoint.")
+        crop = IMAGENET_WEIGHTS.transforms().crop_size[0]
+        return cls(model, IMAGENET_WEIGHTS.meta["categories"], crop, f"base ImageNet model ({source.origin})", device,
+                   backend)
+
+    def preprocess(self, images: Iterable[str | os.PathLike | Image.Image]) -> torch.Tensor:
+        tensors = []
+        for item in images:
+            if isinstance(item, Image.Image):
+                img = to_rgb(item)
+            else:
+                try:
+                    img = load_rgb(item)
+                except (OSError, SyntaxError, ValueError) as exc:
+                    raise TunerError(f"Cannot read {Path(item).name} as an image ({str(exc)[:80]}): use a "
+                                     "JPEG, PNG, WebP, BMP, GIF or TIFF file.") from None
+            tensors.append(self.transform(img))
+        return torch.stack(tensors)
+
+    @torch.no_grad()
+    def probabilities(self, images: Sequence[str | os.PathLike | Image.Image], batch_size: int = 32,
+                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = self.preprocess(images[start:start + batch_size]).to(self.device)
+            out.append(torch.softmax(self._forward(x).float(), dim=1).cpu())
+            if progress:
+                progress(min(start + batch_size, len(images)), len(images))
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def predict(self, images: Sequence[str | os.PathLike | Image.Image], top_k: int = 5,
+                progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
+        if top_k < 1:
+            raise TunerError(f"top_k={top_k}: ask for at least 1.")
+        k = min(top_k, len(self.classes))
+        probs = self.probabilities(images, progress=progress)
+        results = []
+        for item, row in zip(images, probs):
+            values, indices = row.topk(k)
+            name = str(item) if not isinstance(item, Image.Image) else getattr(item, "filename", "") or "image"
+            results.append(Prediction(name, [(self.classes[i], float(v)) for v, i in zip(values, indices)]))
+        return results

@@ -1,0 +1,127 @@
+"""Where training runs: device, mixed precision, loader workers, and the torchrun process group.
+
+Under `torchrun`, each process reads RANK/WORLD_SIZE/LOCAL_RANK from the environment and joins one
+process group (NCCL on CUDA, gloo on CPU); torchrun does the launching and restarts, we do no
+process management of our own. Without torchrun, everything here is a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+from .errors import TunerError
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: full precision
+    channels_last: bool
+    num_workers: int
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_process_group: bool = False  # this run started the process group, so it ends it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def describe(self) -> str:
+        text = f"{self.device.type}"
+        if self.device.type == "cuda":
+            text += f" ({torch.cuda.get_device_name(self.device)})"
+        text += f", {'mixed precision ' + str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else 'fp32'}"
+        if self.distributed:
+            text += f", rank {self.rank} of {self.world_size} ({dist.get_backend()})"
+        return text
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+
+def world_from_env() -> tuple[int, int, int]:
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    rank, world_size, local_rank = world_from_env()
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise TunerError("device='cuda' was asked for but no CUDA GPU is visible: use device='auto' or 'cpu'.")
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        device = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and config.sync_bn and not use_cuda:
+        raise TunerError("sync_bn needs CUDA GPUs (NCCL): SyncBatchNorm does not run on CPUs. Drop --sync-bn, or "
+                         "keep BatchNorm frozen (trainable stages' BatchNorm then uses each rank's batch).")
+    owns = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10),
+                                device_id=device if use_cuda else None)
+        owns = True
+    return Runtime(device=device, amp_dtype=pick_amp(config.amp, device), channels_last=pick_channels_last(config, device),
+                   num_workers=pick_workers(config.num_workers, device, world_size), rank=rank,
+                   world_size=world_size, local_rank=local_rank, owns_process_group=owns)
+
+
+def pick_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp == "fp16":
+            raise TunerError("amp='fp16' needs a CUDA GPU: use amp='bf16' or 'off' on the CPU.")
+        # On CPUs bf16 autocast is slower than fp32 unless the chip has AMX/AVX512-BF16; only on request.
+        return torch.bfloat16 if amp == "bf16" else None
+    if amp == "fp16":
+        return torch.float16
+    # Native bf16 needs Ampere or newer; older cards only emulate it (slowly), so they get fp16 + a scaler.
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def pick_channels_last(config: TrainConfig, device: torch.device) -> bool:
+    if config.channels_last != "auto":
+        return config.channels_last == "on"
+    return device.type == "cuda"  # tensor cores want NHWC; on these CPUs it measured no faster
+
+
+def pick_workers(requested: int, device: torch.device, world_size: int) -> int:
+    if requested >= 0:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = max(1, cpus // max(1, world_size))
+    if device.type == "cuda":
+        return min(8, max(2, per_rank - 1))
+    # On a CPU the model needs the cores: loader workers only help when there are cores to spare.
+    return 0 if per_rank <= 4 else min(4, per_rank // 4)
+
+
+def all_reduce_sum(values: list[float], runtime: Runtime) -> list[float]:
+    """Sum numbers over ranks (a no-op in one process)."""
+    if not runtime.distributed:
+        return values
+    device = runtime.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
