@@ -25,9 +25,19 @@ from tuner.runtime import setup_runtime
 from tuner.train import EpochEnd, StageStarted, train
 
 needs_ort = pytest.mark.skipif(not onnxruntime_installed(), reason="onnxruntime is not installed")
-# Same data, same order, same arithmetic up to float rounding (the cached path sums the backbone in a
-# separate pass, and ONNX Runtime folds BatchNorm into the convolutions).
+# Same data, same order, same arithmetic up to float rounding: the cached path sums the backbone in a
+# separate pass, so PyTorch-extracted features give the plain loop's weights to 1e-5.
 WEIGHTS_ATOL = 1e-5
+# ONNX Runtime folds BatchNorm into the convolutions and picks its own kernels, which differ between
+# CPUs (CI saw other roundings than our machines): features then match to float32 rounding relative to
+# their size (about 5e-5 of the norm through 50 layers here), and a head trained on them lands within
+# about 2e-4 of the plain loop's weights. Compare by relative norm, with a 10x margin.
+ORT_FEATURES_REL = 5e-4
+ORT_WEIGHTS_REL = 2e-3
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-12))
 
 
 def run(tmp_path, name, data, **overrides):
@@ -44,19 +54,23 @@ def fast_path_of(events) -> str:
     return next(e for e in events if isinstance(e, StageStarted)).fast_path
 
 
-def assert_same_training(fast, plain, names=None, atol=WEIGHTS_ATOL):
-    """Same weights (all, or those named) to `atol`, and the same history apart from timings."""
+def assert_same_training(fast, plain, names=None, atol=WEIGHTS_ATOL, rel=None, loss_rel=1e-4):
+    """Same weights (all, or those named) to `atol` (or to `rel` in relative norm), and the same
+    history apart from timings."""
     fast_state, plain_state = fast[1]["model_state"], plain[1]["model_state"]
     for name in names or plain_state:
-        assert torch.allclose(fast_state[name].float(), plain_state[name].float(), atol=atol), name
+        if rel is None:
+            assert torch.allclose(fast_state[name].float(), plain_state[name].float(), atol=atol), name
+        else:
+            assert relative_error(fast_state[name], plain_state[name]) <= rel, name
     fast_rows = [e.row() for e in fast[0] if isinstance(e, EpochEnd)]
     plain_rows = [e.row() for e in plain[0] if isinstance(e, EpochEnd)]
     assert len(fast_rows) == len(plain_rows)
     for f, p in zip(fast_rows, plain_rows):
         assert f["epoch"] == p["epoch"] and f["lr"] == p["lr"]
         assert f["train_acc"] == p["train_acc"] and f["val_acc"] == p["val_acc"]
-        assert f["train_loss"] == pytest.approx(p["train_loss"], rel=1e-4)
-        assert f["val_loss"] == pytest.approx(p["val_loss"], rel=1e-4)
+        assert f["train_loss"] == pytest.approx(p["train_loss"], rel=loss_rel)
+        assert f["val_loss"] == pytest.approx(p["val_loss"], rel=loss_rel)
 
 
 @pytest.fixture(params=["torch", pytest.param("onnxruntime", marks=needs_ort)])
@@ -73,7 +87,10 @@ def test_head_only_feature_cache_matches_the_plain_loop(tmp_path, tiny_dataset, 
     plain = run(tmp_path, "plain", tiny_dataset, seed=3, feature_cache="off")
     assert "feature cache on: backbone features" in fast_path_of(cached[0])
     assert "feature cache off" in fast_path_of(plain[0])
-    assert_same_training(cached, plain)
+    if extraction == "onnxruntime":
+        assert_same_training(cached, plain, rel=ORT_WEIGHTS_REL, loss_rel=1e-3)
+    else:
+        assert_same_training(cached, plain)
 
 
 def test_augmented_views_match_the_plain_loop_when_there_is_one_per_epoch(tmp_path, tiny_dataset):
@@ -194,9 +211,8 @@ def test_onnxruntime_features_match_eager_features(key_parts, tmp_path):
                                             batch_size=8, backend=backend))
     eager, ort = stores["torch"], stores["onnxruntime"]
     assert eager.train.shape == ort.train.shape == (1, len(key_parts["train_ds"]), 2048)
-    scale = float(eager.train.abs().max())
-    assert torch.allclose(ort.train, eager.train, atol=1e-5 * scale, rtol=1e-4)
-    assert torch.allclose(ort.val, eager.val, atol=1e-5 * scale, rtol=1e-4)
+    assert relative_error(ort.train, eager.train) <= ORT_FEATURES_REL
+    assert relative_error(ort.val, eager.val) <= ORT_FEATURES_REL
     assert len(list(tmp_path.glob("*.pt"))) == 2  # one file per backend, never mixed
 
 
@@ -221,7 +237,7 @@ def test_onnxruntime_predictions_match_eager(trained_run, demo_dir):
     assert (eager.backend, fast.backend, auto.backend) == ("torch", "onnxruntime", "onnxruntime")
     p_eager, p_fast = eager.probabilities(images), fast.probabilities(images)
     assert torch.equal(p_eager.argmax(1), p_fast.argmax(1))
-    assert torch.allclose(p_eager, p_fast, atol=1e-5)
+    assert torch.allclose(p_eager, p_fast, atol=1e-4)  # float rounding differs between CPUs' kernels
     for a, b in zip(eager.predict(images, top_k=2), fast.predict(images, top_k=2)):
         assert [label for label, _ in a.top_k] == [label for label, _ in b.top_k]
 
