@@ -1,0 +1,63 @@
+"""The tuner studio: `python app.py [--host H] [--port P] [--share] [--auth user:pass]`.
+
+Importing this file builds nothing and starts nothing (`main()` does); `build_app` is the app factory.
+On a Hugging Face Space (app_file: app.py) it runs as `python app.py`, serves on 0.0.0.0:7860 and
+treats itself as shared (no server folders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from tuner.ui import build_app, launch_kwargs
+from tuner.ui.common import StudioSettings
+
+__all__ = ["build_app", "main", "parse_args"]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    p = argparse.ArgumentParser(description="tuner studio: fine-tune ResNet50 on your images in the browser.")
+    p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME"),
+                   help="interface to serve on (default 127.0.0.1; 0.0.0.0 for every interface, as in Docker)")
+    p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    p.add_argument("--auth", help="user:pass required to open the studio")
+    p.add_argument("--workdir", help="where session workspaces live (default: the system temp dir)")
+    p.add_argument("--max-upload-mb", type=int, default=int(env.get("TUNER_MAX_UPLOAD_MB", 500)))
+    p.add_argument("--heavy-jobs", type=int, default=int(env.get("TUNER_HEAVY_JOBS", 1)),
+                   help="training/evaluation/export jobs at once over all users (default 1)")
+    p.add_argument("--queue-size", type=int, default=32, help="events waiting at most; more are refused")
+    p.add_argument("--session-ttl-min", type=int, default=360, help="remove sessions idle this long")
+    p.add_argument("--server-folders", choices=("auto", "on", "off"), default="auto",
+                   help="let users load a folder on this machine (auto: only when served on localhost without "
+                        "--share and not on a Space)")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> StudioSettings:
+    local = (args.host in (None, "127.0.0.1", "localhost") and not args.share and not os.environ.get("SPACE_ID"))
+    shared = {"on": False, "off": True, "auto": not local}[args.server_folders]
+    return StudioSettings(workdir=args.workdir, shared=shared, heavy_jobs=args.heavy_jobs, queue_size=args.queue_size,
+                          max_upload_mb=args.max_upload_mb, session_ttl_min=args.session_ttl_min)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = parse_args(argv)
+    if args.auth and ":" not in args.auth:
+        print("--auth needs user:pass, e.g. --auth alice:secret", file=sys.stderr)
+        return 2
+    host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
+    settings = settings_from(args)
+    demo = build_app(settings)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    demo.launch(server_name=host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The studio: a Gradio Blocks app over the engine, one module per tab.
+
+`build_app(settings)` builds the widgets and wires them; nothing runs at import. Tabs follow the job:
+Model -> Data -> Train -> Evaluate -> Predict -> Export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from . import data_tab, evaluate_tab, model_tab, predict_tab, train_tab  # TEMP-EXPORT
+from .common import LIGHT, Studio, StudioSettings
+
+CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "studio.css"
+INTRO = ("# tuner: fine-tune ResNet50 on your images\n"
+         "**1 Model**: weights, layers and freeze depth · **2 Data**: demo set or your .zip · **3 Train**: live "
+         "curves, stop and resume · **4 Evaluate**: mistakes · **5 Predict** · **6 Export**: .pth, ONNX, TensorRT")
+
+
+def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
+    settings = settings or StudioSettings()
+    studio = Studio(settings)
+    heavy = settings.heavy_jobs
+    with gr.Blocks(title="tuner: fine-tune ResNet50") as demo:
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Tabs():
+            with gr.Tab("Model", id="model"):
+                model = model_tab.build(studio)
+            with gr.Tab("Data", id="data"):
+                data = data_tab.build(studio)
+            with gr.Tab("Train", id="train"):
+                training = train_tab.build(studio, model["trainable"])
+            with gr.Tab("Evaluate", id="evaluate"):
+                evaluate_tab.build(studio, heavy)
+            with gr.Tab("Predict", id="predict"):
+                predict_tab.build(studio)
+            with gr.Tab("Export", id="export"):
+                pass  # TEMP-EXPORT export_tab.build(studio, heavy)
+        data_tab.wire(studio, data, training["form"])
+        train_tab.wire(studio, training, data["val_ratio"], heavy)
+        demo.load(**model["inspect_event"])
+        demo.load(training["show_commands"], [data["val_ratio"]], [training["command"], training["torchrun"]],
+                  inputs_kwargs=training["form"].inputs(), api_name=False, concurrency_id=LIGHT)
+        # Closing the tab ends the session: its training stops and its files go.
+        demo.unload(studio.close_session)
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.light_jobs)
+    demo.studio = studio  # for tests and app.py (settings, workspaces); not user state
+    return demo
+
+
+def launch_kwargs(settings: StudioSettings) -> dict:
+    """What `demo.launch()` needs besides host/port/auth: the theme, styles and upload cap."""
+    return {"theme": gr.themes.Soft(), "css_paths": [CSS_FILE] if CSS_FILE.is_file() else None,
+            "max_file_size": f"{settings.max_upload_mb}mb"}

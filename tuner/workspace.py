@@ -1,0 +1,217 @@
+"""Per-user workspaces for a shared server (the studio): one folder and one state object per session.
+
+A `Workspace` holds everything one browser session owns: its uploaded data, its runs (checkpoints),
+its exports and its stop flag. The `WorkspaceRegistry` hands each session its own workspace, and
+removes it when the session closes or has been idle too long. Nothing here is module-level: the
+studio builds one registry per app, so two apps in one process (tests) share nothing either.
+
+Paths never cross workspaces: `Workspace.own()` refuses any path outside the workspace's folder, so
+a session can only read, list or download what it made itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TunerError
+
+
+def default_root() -> Path:
+    """Where workspaces live: $TUNER_STUDIO_DIR, else a folder in the system's temp dir (which Gradio
+    may serve files from, and which the OS cleans if the server dies without closing sessions)."""
+    return Path(os.environ.get("TUNER_STUDIO_DIR") or Path(tempfile.gettempdir()) / "tuner-studio")
+
+
+@dataclass
+class Workspace:
+    """What one session owns. Its folders: data/ (unpacked uploads), runs/, exports/, uploads/."""
+
+    root: Path
+    created: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    stop: threading.Event = field(default_factory=threading.Event)
+    # What the session has chosen so far (plain values; the engine objects are rebuilt from them).
+    data_source: str = ""  # "demo", or a folder the engine can read
+    data_label: str = ""  # how the UI names it (never a server path)
+    classes: list[str] = field(default_factory=list)  # of the loaded dataset
+    weights: str = "imagenet"  # "imagenet", "random" or a weights file inside this workspace
+    weights_label: str = "ImageNet (torchvision IMAGENET1K_V1)"
+    run_dir: Path | None = None  # the current run (Resume continues it)
+    history_before: list[dict] = field(default_factory=list)  # epochs of the run before a resume
+    closed: bool = False
+    _busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)  # predictors etc., keyed by source
+
+    def __post_init__(self) -> None:
+        for name in ("data", "runs", "exports", "uploads"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    def touch(self) -> None:
+        self.last_used = time.time()
+
+    def own(self, path: str | os.PathLike) -> Path:
+        """`path` resolved, if it lies inside this workspace; a TunerError otherwise."""
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
+            raise TunerError("That file does not belong to this session: use files you uploaded or made here.")
+        return resolved
+
+    def new_run_dir(self) -> Path:
+        """A fresh folder for a new training run: runs/run-1, run-2, ..."""
+        numbers = [int(m.group(1)) for p in self.runs.iterdir() if (m := re.fullmatch(r"run-(\d+)", p.name))]
+        self.run_dir = self.runs / f"run-{max(numbers, default=0) + 1}"
+        return self.run_dir
+
+    def checkpoint(self, kind: str = "best") -> Path | None:
+        """The current run's best.pt (or last.pt when no best exists yet); None before any training."""
+        if self.run_dir is None:
+            return None
+        for name in ((f"{kind}.pt", "last.pt") if kind == "best" else (f"{kind}.pt",)):
+            if (self.run_dir / name).is_file():
+                return self.run_dir / name
+        return None
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """How a path inside the workspace is shown to its user (never the server's folders)."""
+        try:
+            return str(Path(path).resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return Path(path).name
+
+    def scrub(self, text: str) -> str:
+        """A message with this workspace's server paths replaced by workspace-relative ones."""
+        for root in {str(self.root.resolve()), str(self.root)}:
+            text = text.replace(root + os.sep, "").replace(root, ".")
+        return text
+
+    def cached(self, key: str, make) -> Any:
+        """One object per key per workspace (e.g. a Predictor per checkpoint version)."""
+        if key not in self._cache:
+            self._cache.clear()  # one model at a time per session keeps memory bounded
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def job(self) -> "_Job":
+        """Context manager for heavy work: one at a time per workspace, with a fresh stop flag."""
+        return _Job(self)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy.locked()
+
+
+class _Job:
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+
+    def __enter__(self) -> Workspace:
+        if self.workspace.closed:
+            raise TunerError("This session has ended: reload the page to start a new one.")
+        if not self.workspace._busy.acquire(blocking=False):
+            raise TunerError("This session is already running a job (training, evaluation or export): wait for it "
+                             "to finish, or press Stop.")
+        self.workspace.stop.clear()
+        self.workspace.touch()
+        return self.workspace
+
+    def __exit__(self, *exc: Any) -> None:
+        self.workspace._busy.release()
+        self.workspace.touch()
+
+
+class WorkspaceRegistry:
+    """Session id -> Workspace, created on first use, removed on close or after `ttl_s` idle."""
+
+    def __init__(self, root: str | os.PathLike | None = None, ttl_s: float = 6 * 3600, max_sessions: int = 64):
+        self.root = Path(root) if root else default_root()
+        # Each app gets its own sub-folder, so restarting or running two apps never mixes sessions.
+        self.root = self.root / f"app-{uuid.uuid4().hex[:12]}"
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._workspaces: dict[str, Workspace] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str | None) -> Workspace:
+        if not session_id:
+            raise TunerError("This request has no session: open the studio in a browser, or use gradio_client.")
+        self.sweep()
+        with self._lock:
+            workspace = self._workspaces.get(session_id)
+            if workspace is None:
+                if len(self._workspaces) >= self.max_sessions:
+                    raise TunerError(f"The server already holds {self.max_sessions} sessions: try again later, or "
+                                     "run your own copy (see the README).")
+                folder = self.root / uuid.uuid4().hex  # not the session id: nothing guessable in paths
+                workspace = self._workspaces[session_id] = Workspace(folder)
+            workspace.touch()
+            return workspace
+
+    def sessions(self) -> int:
+        with self._lock:
+            return len(self._workspaces)
+
+    def close(self, session_id: str | None) -> None:
+        """The session ended (tab closed): stop its job; delete its files once the job has let go."""
+        with self._lock:
+            workspace = self._workspaces.pop(session_id or "", None)
+        if workspace is not None:
+            _dispose(workspace)
+
+    def sweep(self) -> None:
+        """Remove workspaces idle for longer than the time-to-live (sessions whose tab never said goodbye)."""
+        now = time.time()
+        with self._lock:
+            expired = [sid for sid, ws in self._workspaces.items() if now - ws.last_used > self.ttl_s and not ws.busy]
+            gone = [self._workspaces.pop(sid) for sid in expired]
+        for workspace in gone:
+            _dispose(workspace)
+
+    def close_all(self) -> None:
+        with self._lock:
+            gone, self._workspaces = list(self._workspaces.values()), {}
+        for workspace in gone:
+            _dispose(workspace)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _dispose(workspace: Workspace) -> None:
+    """Stop the workspace's job and remove its folder; a running job finishes its batch first, in the
+    background, so closing a tab never blocks the server."""
+    workspace.closed = True
+    workspace.stop.set()
+
+    def remove_when_idle() -> None:
+        with workspace._busy:  # waits for the job to see the stop flag and end
+            workspace._cache.clear()
+            shutil.rmtree(workspace.root, ignore_errors=True)
+
+    threading.Thread(target=remove_when_idle, name="tuner-workspace-cleanup", daemon=True).start()
