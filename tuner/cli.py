@@ -354,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help='one JSON line per image: {"image", "top_k": [{"label", "prob"}]}')
     p.set_defaults(func=cmd_predict)
+
+    from .bench import add_arguments as add_bench_arguments, cmd_bench  # stdlib-only at import: --help stays fast
+
+    p = sub.add_parser("bench", help="measure tuner's fast paths against plain PyTorch loops on this machine",
+                       description="Measure tuner's fast paths against plain PyTorch loops, side by side on this "
+                       "machine: prints a Markdown table and writes a JSON report.")
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
