@@ -189,8 +189,9 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
                     f"{event.num_val} validation images. {event.weights.get('message', '')}")
                 if event.weights_report:
                     say(f"Weights: {event.weights_report}")
-                if event.start_epoch > 1:
-                    say(f"Resuming at epoch {event.start_epoch}.")
+                if resume_run:
+                    say(f"Resuming at epoch {event.start_epoch + 1}" + (f", batch {event.start_batch + 1}" if
+                                                                         event.start_batch else "") + ".")
             elif isinstance(event, StageStarted):
                 say(f"From epoch {event.epoch}: training {event.trainable_params:,} of {event.total_params:,} "
                     f"parameters (trainable={event.trainable}); {event.fast_path}.")

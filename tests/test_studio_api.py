@@ -1,0 +1,163 @@
+"""The studio through its API, as a user of gradio_client sees it: a launched app, real HTTP, real sessions.
+
+Each gradio_client.Client is one session, like one browser tab: it gets its own workspace.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+
+from conftest import ROOT, make_image_folder
+
+DEMO = "Built-in demo (4 shape classes)"
+ZIP = "Upload a .zip"
+FINE_TUNED = "Fine-tuned model (this session's best checkpoint)"
+FAST = dict(image_size=32, batch_size=32)  # the real ResNet50 at a size a CPU trains in seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    from tuner.ui import build_app, launch_kwargs
+    from tuner.ui.common import StudioSettings
+
+    settings = StudioSettings(workdir=str(tmp_path_factory.mktemp("workspaces")), heavy_jobs=2, max_upload_mb=20)
+    demo = build_app(settings)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_kwargs(settings))
+    demo.url = f"http://127.0.0.1:{port}/"
+    yield demo
+    demo.close()
+    demo.studio.registry.close_all()
+
+
+def client(studio) -> Client:
+    return Client(studio.url, verbose=False)
+
+
+def load(c: Client, source: str = DEMO, zip_path: Path | None = None):
+    return c.predict(source, handle_file(str(zip_path)) if zip_path else None, "", 0.25, api_name="/load_data")
+
+
+def error_text(exc: BaseException) -> str:
+    return str(exc)
+
+
+def test_every_working_event_has_an_api_name(studio):
+    names = set(client(studio).view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/load_data", "/train", "/resume", "/stop", "/evaluate", "/predict", "/inspect_model",
+            "/upload_weights"} <= names
+
+
+def test_demo_data_train_one_epoch_evaluate_and_predict(studio):
+    c = client(studio)
+    summary, warnings, counts, samples, augmented = load(c)
+    assert "4 classes" in summary and len(samples) == len(augmented) == 12
+    status, curves, log, checkpoint = c.predict(epochs=1, **FAST, api_name="/train")
+    assert "Finished" in status and "Epoch 1/1" in log
+    assert Path(checkpoint).name == "best.pt"
+    assert curves is not None
+    accuracy, confusion, per_class, mistakes = c.predict(api_name="/evaluate")
+    assert "Validation accuracy" in accuracy
+    assert [row for row in per_class["data"] if row[0] == "circles"]
+    label, chart, table = c.predict([handle_file(str(ROOT / "assets/examples/circles.png"))], FINE_TUNED, 3,
+                                    api_name="/predict")
+    assert label["label"] in {"circles", "squares", "stripes", "triangles"}
+    assert len(label["confidences"]) == 3
+
+
+def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio):
+    c = client(studio)
+    load(c)
+    # A deeper freeze depth trains layer4 on every batch: slow enough to stop in the middle of an epoch.
+    job = c.submit(epochs=30, trainable="layer4", augment_preset="none", **FAST, api_name="/train")
+    deadline = time.time() + 120
+    while not any("Training: epoch" in (out[0] or "") for out in job.outputs()) and time.time() < deadline:
+        time.sleep(0.1)
+    c.predict(api_name="/stop")
+    status, curves, log, checkpoint = job.result(timeout=120)
+    assert "Stopped on request" in status
+    done = int(re.search(r"(\d+) epochs done", status).group(1))
+    assert done < 30
+    assert checkpoint and Path(checkpoint).name in {"best.pt", "last.pt"}  # last.pt when no epoch ended yet
+    # Resume continues the same run where the stop left it, and finishes the next epoch.
+    status, curves, log, checkpoint = c.predict(epochs=done + 1, trainable="layer4", augment_preset="none", **FAST,
+                                                api_name="/resume")
+    assert f"Resuming at epoch {done + 1}" in log
+    assert "Finished" in status and f"{done + 1} epochs done" in status
+    assert Path(checkpoint).name == "best.pt"
+
+
+def test_two_sessions_see_only_their_own_data_and_models(studio, tmp_path):
+    alice, bob = client(studio), client(studio)
+    folder = make_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6})
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in folder.rglob("*.png"):
+            zf.write(path, path.relative_to(folder).as_posix())
+
+    summary_a = load(alice, ZIP, archive)[0]
+    summary_b = load(bob)[0]
+    assert "2 classes" in summary_a and "`cat`" in summary_a
+    assert "4 classes" in summary_b and "cat" not in summary_b
+
+    results = {}
+
+    def train(name, c):
+        results[name] = c.predict(epochs=1, **FAST, api_name="/train")
+
+    threads = [threading.Thread(target=train, args=pair) for pair in (("alice", alice), ("bob", bob))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert "Finished" in results["alice"][0] and "Finished" in results["bob"][0]
+    image = handle_file(str(ROOT / "assets/examples/circles.png"))
+    label_a = alice.predict([image], FINE_TUNED, 4, api_name="/predict")[0]
+    label_b = bob.predict([image], FINE_TUNED, 4, api_name="/predict")[0]
+    assert {c["label"] for c in label_a["confidences"]} == {"cat", "dog"}
+    assert {c["label"] for c in label_b["confidences"]} == {"circles", "squares", "stripes", "triangles"}
+
+    workspaces = list(studio.studio.registry._workspaces.values())
+    roots = {ws.root for ws in workspaces}
+    assert len(roots) == len(workspaces)  # one folder per session, none shared
+    # A third session has nothing: no checkpoint of anyone else's to evaluate or predict with.
+    carol = client(studio)
+    with pytest.raises(Exception) as err:
+        carol.predict(api_name="/evaluate")
+    assert "No checkpoint yet" in error_text(err.value)
+
+
+def test_errors_reach_the_user_as_one_message_with_the_fix_and_no_server_paths(studio, tmp_path):
+    c = client(studio)
+    with pytest.raises(Exception) as err:
+        c.predict(epochs=1, **FAST, api_name="/train")
+    assert "No data loaded yet" in error_text(err.value)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../escape/a.png", b"x")
+        zf.writestr("cats/a.png", b"x")
+    with pytest.raises(Exception) as err:
+        load(c, ZIP, evil)
+    message = error_text(err.value)
+    assert "Traceback" not in message
+    assert str(studio.studio.registry.root) not in message and "/tmp/" not in message
+    assert not (tmp_path / "escape").exists()
+    load(c)
+    with pytest.raises(Exception) as err:
+        c.predict(epochs=2, head_epochs=2, trainable="layer4", **FAST, api_name="/train")
+    assert "head_epochs=2 leaves no epoch to fine-tune" in error_text(err.value)

@@ -1,0 +1,91 @@
+"""Per-session workspaces: isolation, closing a session stops its job, idle sessions expire."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tuner.errors import TunerError
+from tuner.workspace import WorkspaceRegistry
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_sessions_get_separate_folders_and_cannot_reach_each_other(tmp_path):
+    registry = WorkspaceRegistry(tmp_path)
+    a, b = registry.get("session-a"), registry.get("session-b")
+    assert registry.get("session-a") is a and a.root != b.root
+    assert "session-a" not in str(a.root)  # folder names are not guessable from session ids
+    (b.runs / "secret.pt").write_bytes(b"x")
+    assert a.own(a.runs / "x.pt") == (a.runs / "x.pt").resolve()
+    with pytest.raises(TunerError, match="does not belong to this session"):
+        a.own(b.runs / "secret.pt")
+    with pytest.raises(TunerError, match="does not belong"):
+        a.own(a.root / ".." / b.root.name / "runs" / "secret.pt")
+    with pytest.raises(TunerError, match="no session"):
+        registry.get(None)
+
+
+def test_closing_a_session_stops_its_job_then_removes_its_files(tmp_path):
+    registry = WorkspaceRegistry(tmp_path)
+    workspace = registry.get("tab")
+    started, finished = threading.Event(), threading.Event()
+
+    def job():  # stands in for training: checks the stop flag between "batches"
+        with workspace.job():
+            started.set()
+            while not workspace.stop.is_set():
+                time.sleep(0.01)
+            (workspace.runs / "last.pt").write_bytes(b"checkpoint")  # the job ends cleanly
+            finished.set()
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert started.wait(5)
+    registry.close("tab")
+    assert finished.wait(5)  # the job saw the stop flag
+    assert wait_until(lambda: not workspace.root.exists())  # then the folder went
+    assert registry.sessions() == 0
+    with pytest.raises(TunerError, match="session has ended"):
+        with workspace.job():
+            pass
+
+
+def test_one_job_at_a_time_per_session(tmp_path):
+    workspace = WorkspaceRegistry(tmp_path).get("tab")
+    with workspace.job():
+        with pytest.raises(TunerError, match="already running a job"):
+            with workspace.job():
+                pass
+    with workspace.job():  # free again afterwards
+        pass
+
+
+def test_idle_sessions_expire_but_busy_ones_stay(tmp_path):
+    registry = WorkspaceRegistry(tmp_path, ttl_s=0.05)
+    idle, busy = registry.get("idle"), registry.get("busy")
+    with busy.job():
+        time.sleep(0.1)
+        registry.sweep()
+        assert registry.sessions() == 1 and busy.root.exists()
+    assert wait_until(lambda: not idle.root.exists())
+
+
+def test_run_folders_are_numbered_and_checkpoint_prefers_best(tmp_path):
+    workspace = WorkspaceRegistry(tmp_path).get("tab")
+    assert workspace.checkpoint() is None
+    first = workspace.new_run_dir()
+    first.mkdir()
+    (first / "last.pt").write_bytes(b"x")
+    assert workspace.checkpoint() == first / "last.pt"
+    (first / "best.pt").write_bytes(b"x")
+    assert workspace.checkpoint() == first / "best.pt"
+    assert workspace.new_run_dir().name == "run-2"
+    assert workspace.scrub(f"saved {first / 'best.pt'}") == "saved runs/run-1/best.pt"
