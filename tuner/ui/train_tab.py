@@ -11,7 +11,8 @@ import gradio as gr
 import torch
 
 from ..cli import command_for
-from ..config import (AUGMENT_PRESETS, IMBALANCE_CHOICES, OPTIMIZERS, SCHEDULERS, AugmentConfig, TrainConfig)
+from ..config import (AMP_CHOICES, AUGMENT_PRESETS, DEVICE_CHOICES, FEATURE_CACHE_CHOICES, IMBALANCE_CHOICES,
+                      OPTIMIZERS, SCHEDULERS, AugmentConfig, TrainConfig)
 from ..errors import TunerError
 from ..plots import training_curves
 from ..train import CheckpointSaved, EpochEnd, Finished, Message, Progress, RunStarted, StageStarted, train
@@ -87,6 +88,23 @@ class TrainForm:
                 self.fields["scale"] = gr.Slider(0, 0.3, value=aug.scale, step=0.01, label="Scale (+/- share)")
                 self.fields["color_jitter"] = gr.Slider(0, 0.5, value=aug.color_jitter, step=0.05, label="Colour jitter")
                 self.fields["noise_std"] = gr.Slider(0, 0.2, value=aug.noise_std, step=0.01, label="Gaussian noise (sigma)")
+        with gr.Accordion("Advanced: optimizer details, device and speed", open=False):
+            with gr.Row():
+                self.fields["momentum"] = gr.Number(value=defaults.momentum, label="SGD momentum")
+                self.fields["step_size"] = gr.Number(value=defaults.step_size, precision=0, minimum=1,
+                                                     label="Step scheduler: epochs between decays")
+                self.fields["gamma"] = gr.Number(value=defaults.gamma, label="Step scheduler: decay factor")
+                self.fields["device"] = gr.Radio(list(DEVICE_CHOICES), value=defaults.device, label="Device")
+                self.fields["amp"] = gr.Radio(list(AMP_CHOICES), value=defaults.amp, label="Mixed precision")
+            with gr.Row():
+                self.fields["feature_cache"] = gr.Radio(list(FEATURE_CACHE_CHOICES), value=defaults.feature_cache,
+                                                        label="Frozen-backbone feature cache",
+                                                        info="auto: compute frozen features once (same results)")
+                self.fields["cache_views"] = gr.Number(value=defaults.cache_views, precision=0, minimum=1,
+                                                       label="Augmented views cached per image")
+                self.fields["channels_last"] = gr.Radio(["auto", "on", "off"], value=defaults.channels_last,
+                                                        label="channels_last memory format")
+                self.fields["compile"] = gr.Checkbox(defaults.compile, label="torch.compile (GPU, long runs)")
 
     # The Model tab's radio is the single source of the freeze depth; the mirror here follows it.
     def inputs(self) -> dict[str, gr.components.Component]:
@@ -104,7 +122,8 @@ class TrainForm:
         switches = {name: values.pop(name) for name in AUGMENT_FIELDS if name in values}
         augment = AugmentConfig.from_preset(preset).with_changes(**switches) if switches else \
             AugmentConfig.from_preset(preset)
-        ints = {"epochs", "image_size", "batch_size", "seed", "early_stopping", "head_epochs", "warmup_epochs"}
+        ints = {"epochs", "image_size", "batch_size", "seed", "early_stopping", "head_epochs", "warmup_epochs",
+                "step_size", "cache_views"}
         plain = {}
         for name in ("lr", "backbone_lr_mult"):  # "auto": the engine's default for the situation
             value = str(values.pop(name, "auto") or "auto").strip()
