@@ -56,5 +56,5 @@ def augmented_grid(spec: DatasetSpec, aug: AugmentConfig, image_size: int, per_c
         for view in range(views):
             with seeded(sample_seed(seed, view, index)):
                 tensor = transform(img)
-            out.append((to_display(tensor), f"{spec.classes[sample.label]} (augmented)"))
+            out.append((to_display(tensor), spec.classes[sample.label]))
     return out

@@ -41,6 +41,7 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
         data_tab.wire(studio, data, training["form"])
         train_tab.wire(studio, training, data["val_ratio"], heavy)
         demo.load(**model["inspect_event"])
+        demo.load(**data["demo_load"])
         demo.load(training["show_commands"], [data["val_ratio"]], [training["command"], training["torchrun"]],
                   inputs_kwargs=training["form"].inputs(), api_name=False, concurrency_id=LIGHT)
         # Closing the tab ends the session: its training stops and its files go.

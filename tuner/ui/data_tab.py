@@ -81,9 +81,9 @@ def build(studio: Studio) -> dict:
             warnings = gr.Markdown(elem_id="data-warnings")
             counts = gr.Plot(label="Images per class", elem_id="class-counts")
     with gr.Row():
-        samples = gr.Gallery(label="Samples", columns=6, height=300, object_fit="contain", elem_id="samples")
-        augmented = gr.Gallery(label="The same samples as training sees them (augmentation from the Train tab)",
-                               columns=6, height=300, object_fit="contain", elem_id="augmented")
+        samples = gr.Gallery(label="Samples", columns=4, height=300, object_fit="contain", elem_id="samples")
+        augmented = gr.Gallery(label="As training sees them (augmentation: Train tab)", columns=4, height=300,
+                               object_fit="contain", elem_id="augmented")
 
     source.change(lambda s: (gr.update(visible=s == ZIP), gr.update(visible=s == FOLDER)), source, [zip_file, folder],
                   api_name=False, queue=False)
@@ -105,10 +105,12 @@ def wire(studio: Studio, tab: dict, form) -> None:
         return (summary_markdown(workspace, spec), notes, class_counts(spec.counts()), sample_grid(spec),
                 augmented_grid(spec, config.augment, config.image_size, seed=config.seed))
 
-    tab["load"].click(load_data, [tab["source"], tab["zip_file"], tab["folder"], tab["val_ratio"]],
-                      [tab["summary"], tab["warnings"], tab["counts"], tab["samples"], tab["augmented"]],
-                      inputs_kwargs=form.preview_inputs(), api_name="load_data", concurrency_id="data",
-                      concurrency_limit=2)
+    load_event = dict(fn=load_data, inputs=[tab["source"], tab["zip_file"], tab["folder"], tab["val_ratio"]],
+                      outputs=[tab["summary"], tab["warnings"], tab["counts"], tab["samples"], tab["augmented"]],
+                      inputs_kwargs=form.preview_inputs(), concurrency_id="data", concurrency_limit=2)
+    tab["load"].click(**load_event, api_name="load_data")
+    # A new session starts on the demo set, so Start works before anything else is done.
+    tab["demo_load"] = dict(load_event, api_name=False)
 
     @act
     def preview_augmentation(val_ratio: float, request: gr.Request, **settings):

@@ -19,8 +19,9 @@ def build(studio: Studio, heavy_limit: int) -> dict:
     summary = gr.Markdown(elem_id="eval-summary")
     with gr.Row():
         confusion = gr.Plot(label="Confusion matrix", elem_id="confusion")
-        report = gr.Dataframe(label="Per class", interactive=False, elem_id="per-class")
-    mistakes = gr.Gallery(label="Misclassified validation images (most confident first)", columns=6, height=320,
+        report = gr.Dataframe(headers=["class", "precision", "recall", "f1", "support"], label="Per class",
+                              interactive=False, elem_id="per-class")
+    mistakes = gr.Gallery(label="Misclassified validation images: true → predicted (confidence)", columns=5, height=320,
                           object_fit="contain", elem_id="mistakes")
 
     @act
@@ -37,7 +38,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
         text = (f"**Validation accuracy {result.accuracy:.1%}** on {len(result.labels)} images "
                 f"(loss {result.loss:.3f}); {len(wrong)} misclassified. Checkpoint: "
                 f"`{workspace.relative(checkpoint)}`.")
-        gallery = [(m["path"], f"true {m['true']} → predicted {m['predicted']} ({m['confidence']:.0%})")
+        gallery = [(m["path"], f"{m['true']} → {m['predicted']} ({m['confidence']:.0%})")
                    for m in wrong[:MAX_MISTAKES_SHOWN]]
         table = result.report().round(3)
         return text, confusion_heatmap(result.confusion.tolist(), result.classes), table, gallery

@@ -43,8 +43,12 @@ def weights_status(studio: Studio, workspace) -> str:
     if workspace.weights not in ("imagenet", "random"):
         return f"**Weights:** your file `{Path(workspace.weights).name}` (loaded safely, tensors only)."
     source = resolve_weights(workspace.weights, allow_download=studio.settings.allow_download)
-    icon = "✅" if source.pretrained else "⚠️"
-    return f"**Weights:** {icon} {studio.public(source.message, workspace)}"
+    if source.pretrained or source.kind == "random" and not source.searched:
+        return f"**Weights:** {'✅' if source.pretrained else 'ℹ️'} {studio.public(source.message, workspace)}"
+    # Headline first; the where-and-how (long paths, a URL) stays one click away.
+    return (f"**Weights:** ⚠️ No pretrained weights found: training starts from random initialisation (it needs "
+            f"far more data and epochs).\n\n<details><summary>How to add the ImageNet weights</summary>\n\n"
+            f"{studio.public(source.message, workspace)}\n\n</details>")
 
 
 def filter_table(table: pd.DataFrame, name_filter: str, stage: str) -> pd.DataFrame:

@@ -37,9 +37,13 @@ def build(studio: Studio) -> dict:
             top_k = gr.Slider(1, 10, value=3, step=1, label="Top-k")
             run = gr.Button("Predict", variant="primary", elem_id="predict")
         with gr.Column(scale=2):
-            label = gr.Label(label="First image", elem_id="predict-label")
+            label = gr.Label(label="Prediction (first image)", elem_id="predict-label")
             chart = gr.Plot(label="Top-k probabilities (first image)", elem_id="predict-chart")
-    table = gr.Dataframe(label="All images", interactive=False, elem_id="predict-table")
+    with gr.Row():
+        shown = gr.Gallery(label="Your images, with the top label", columns=4, height=220, object_fit="contain",
+                           elem_id="predict-gallery", scale=1)
+        table = gr.Dataframe(headers=["image", "rank", "label", "probability"], label="All images", interactive=False,
+                             elem_id="predict-table", scale=1)
 
     def predictor_for(workspace, choice: str) -> Predictor:
         if choice == IMAGENET:
@@ -67,8 +71,9 @@ def build(studio: Studio) -> dict:
         first = results[0]
         return ({name: prob for name, prob in first.top_k},
                 top_k_bars(first.top_k, title=f"{Path(first.image).name} ({predictor.source})"),
+                [(r.image, f"{r.top_k[0][0]} ({r.top_k[0][1]:.0%})") for r in results],
                 pd.DataFrame(rows))
 
-    run.click(predict, [images, model_choice, top_k], [label, chart, table], api_name="predict",
+    run.click(predict, [images, model_choice, top_k], [label, chart, shown, table], api_name="predict",
               concurrency_id="predict", concurrency_limit=2)
     return {}

@@ -161,16 +161,19 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
     gr.Markdown("Defaults suit a CPU: the head trains on cached backbone features in seconds. Stop is honoured "
                 "within one batch and leaves a checkpoint; Resume continues the last run (raise Epochs to train "
                 "longer).")
-    form = TrainForm(trainable)
+    # Controls and live results first (visible without scrolling while a run goes), settings below.
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         resume = gr.Button("Resume", elem_id="train-resume")
-    status = gr.HTML(progress_html("Not started", 0, 1), elem_id="train-status")
-    curves = gr.Plot(label="Loss, accuracy and learning rate", elem_id="train-curves")
+    status = gr.HTML(progress_html("Not started: load data in the Data tab, choose settings below, press Start", 0, 1),
+                     elem_id="train-status")
     with gr.Row():
-        log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log", scale=2)
-        checkpoint = gr.File(label="Checkpoint (best.pt)", elem_id="train-checkpoint", scale=1)
+        curves = gr.Plot(show_label=False, elem_id="train-curves", scale=3)  # subplot titles name the charts
+        with gr.Column(scale=2):
+            log = gr.Textbox(label="Log", lines=9, max_lines=9, autoscroll=True, elem_id="train-log")
+            checkpoint = gr.File(label="Checkpoint (best.pt)", elem_id="train-checkpoint", height=90)
+    form = TrainForm(trainable)
     with gr.Accordion("Same run from the command line", open=False):
         command = gr.Code(language="shell", label="One machine", elem_id="train-command")
         torchrun = gr.Code(language="shell", label="Several GPUs (torchrun, DistributedDataParallel)",
@@ -205,7 +208,7 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
             if isinstance(event, RunStarted):
                 history = list(workspace.history_before) if resume_run else []
                 say(f"Training on {event.device}: {len(event.classes)} classes, {event.num_train} training and "
-                    f"{event.num_val} validation images. {event.weights.get('message', '')}")
+                    f"{event.num_val} validation images.")
                 if event.weights_report:
                     say(f"Weights: {event.weights_report}")
                 if resume_run:
@@ -238,7 +241,8 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
                 words = {"completed": "Finished", "early_stopped": "Stopped early (no better validation accuracy)",
                          "stopped": "Stopped on request"}
                 label = (f"{words.get(event.status, event.status)}: best validation accuracy "
-                         f"{event.best_val_acc:.1%} (epoch {event.best_epoch}), {event.epochs_done} epochs done")
+                         f"{event.best_val_acc:.1%} (epoch {event.best_epoch}), {event.epochs_done} "
+                         f"epoch{'s' if event.epochs_done != 1 else ''} done")
                 say(label + ". Checkpoint kept: press Resume to continue.")
                 done, total = 1, 1
                 best = workspace.checkpoint("best")
