@@ -60,7 +60,7 @@ def error_text(exc: BaseException) -> str:
 def test_every_working_event_has_an_api_name(studio):
     names = set(client(studio).view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {"/load_data", "/train", "/resume", "/stop", "/evaluate", "/predict", "/inspect_model",
-            "/upload_weights"} <= names
+            "/upload_weights", "/export"} <= names
 
 
 def test_demo_data_train_one_epoch_evaluate_and_predict(studio):
@@ -78,6 +78,14 @@ def test_demo_data_train_one_epoch_evaluate_and_predict(studio):
                                     api_name="/predict")
     assert label["label"] in {"circles", "squares", "stripes", "triangles"}
     assert len(label["confidences"]) == 3
+    messages, verification, speed, accuracy, files = c.predict(["onnx", "tensorrt"], True, api_name="/export")
+    rows = {row[0]: row for row in verification["data"]}
+    assert rows["onnx"][verification["headers"].index("result")] == "matches"
+    assert rows["tensorrt"][verification["headers"].index("result")] == "not built"
+    assert "trtexec --onnx=model.onnx" in messages and "/tmp" not in messages  # no server paths
+    assert {Path(f).name for f in files} == {"model.onnx", "predict_onnx.py"}
+    assert [row[0] for row in speed["data"]][:2] == ["pytorch (eager, cpu)", "onnx (onnxruntime)"]
+    assert "batch-1 latency (ms)" in speed["headers"]
 
 
 def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio):
@@ -137,9 +145,10 @@ def test_two_sessions_see_only_their_own_data_and_models(studio, tmp_path):
     assert len(roots) == len(workspaces)  # one folder per session, none shared
     # A third session has nothing: no checkpoint of anyone else's to evaluate or predict with.
     carol = client(studio)
-    with pytest.raises(Exception) as err:
-        carol.predict(api_name="/evaluate")
-    assert "No checkpoint yet" in error_text(err.value)
+    for event in ("/evaluate", "/export"):
+        with pytest.raises(Exception) as err:
+            carol.predict(api_name=event) if event == "/evaluate" else carol.predict(["onnx"], False, api_name=event)
+        assert "No checkpoint yet" in error_text(err.value)
 
 
 def test_errors_reach_the_user_as_one_message_with_the_fix_and_no_server_paths(studio, tmp_path):

@@ -42,9 +42,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def studio_url(tmp_path):
+def studio_url(tmp_path, monkeypatch):
     from tuner.ui import build_app, launch_kwargs
     from tuner.ui.common import StudioSettings
+
+    # An empty hub cache of its own: other tests may have written a stand-in ImageNet file into the
+    # session's TORCH_HOME, and this test shows what a newcomer sees offline with nothing cached.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
 
     settings = StudioSettings(workdir=str(tmp_path / "sessions"))
     demo = build_app(settings)
@@ -147,6 +151,10 @@ def test_newcomer_goes_from_data_to_prediction_by_clicking(studio_url, page):
     command = page.locator("#train-command")
     expect(command).to_contain_text("--epochs 1")
     expect(command).to_contain_text(f"--image-size {TINY_SIZE}")
+    # The multi-GPU form of the same run, ready to paste (issue: torchrun command in the Train tab).
+    torchrun = page.locator("#torchrun-command")
+    expect(torchrun).to_contain_text("torchrun --nproc_per_node=NUM_GPUS -m tuner train")
+    expect(torchrun).to_contain_text(f"--image-size {TINY_SIZE}")
     page.locator("#train-start").click()
     status = page.locator("#train-status")
     expect(status).to_contain_text("Finished", timeout=TRAIN_MS)
@@ -183,8 +191,13 @@ def test_newcomer_goes_from_data_to_prediction_by_clicking(studio_url, page):
     no_error_shown(page)
     shot(page, "5-predict")
 
-    # Export: screenshot whatever the tab shows (its widgets may not be wired in every build).
-    if page.get_by_role("tab", name="Export", exact=True).count():
-        open_tab(page, "Export")
-        no_error_shown(page)
-        shot(page, "6-export")
+    # Export: ONNX, verified against PyTorch in the table, and the files to download.
+    open_tab(page, "Export")
+    page.locator("#export-benchmark input").uncheck()  # timing is the speed table's job, not this test's
+    page.locator("#export").click()
+    verification = page.locator("#export-verification")
+    expect(verification).to_contain_text("model.onnx", timeout=TRAIN_MS)
+    expect(verification).to_contain_text("matches")
+    expect(page.locator("#export-files")).to_contain_text(re.compile(r"model\s*\.onnx"))
+    no_error_shown(page)
+    shot(page, "6-export")

@@ -23,6 +23,15 @@ CHECKPOINT_VERSION = 1
 PREDICT_KEYS = ("model_state", "classes", "image_size", "mean", "std")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call write(tmp_path) on a temp file beside `path`, then rename it into place.
 
@@ -36,6 +45,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the finished file gets the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

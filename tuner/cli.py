@@ -313,6 +313,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .export import export_checkpoint
+
+    bar = progress_bar("exporting")
+    report = export_checkpoint(args.checkpoint, args.format, args.out, data=args.data, benchmark=args.benchmark,
+                               max_images=args.images, tensorrt_int8=args.trt_int8,
+                               progress=(lambda done, total, label: bar(done, total)) if bar else None)
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str))
+        return 0 if all(row["passed"] is not False for row in report.verification) else 1
+    with pd.option_context("display.width", 140, "display.max_colwidth", 60):
+        print(f"Exported to {report.out_dir}:")
+        for name, path in report.files.items():
+            print(f"  {name:<16} {path.name}")
+        print("\nVerification against PyTorch (max |logit difference|, top-1 agreement on validation images):")
+        table = pd.DataFrame(report.verification)
+        table["passed"] = table["passed"].map({True: "yes", False: "NO", None: "not built"})
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        if len(report.accuracy) > 1:
+            print("\nAccuracy on the same images:")
+            print(pd.DataFrame(report.accuracy).to_string(index=False, float_format=lambda v: f"{v:.1%}"))
+        if report.speed:
+            print("\nSpeed on this machine (measured side by side in this run):")
+            print(pd.DataFrame(report.speed).to_string(index=False))
+    for message in report.messages:
+        print("\n" + message)
+    failed = [row["format"] for row in report.verification if row["passed"] is False]
+    if failed:
+        print(f"\nerror: {', '.join(failed)} did not match PyTorch (see the table); do not deploy it.", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuner", description="Fine-tune a pretrained ResNet50 on your "
                                      "own images: one sub-folder per class.")
@@ -354,6 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help='one JSON line per image: {"image", "top_k": [{"label", "prob"}]}')
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write .pth/.safetensors/ONNX/INT8 ONNX/TensorRT, each checked against PyTorch",
+                       description="Export a fine-tuned checkpoint. Each format is run on validation images and "
+                       "compared with the PyTorch model (largest logit difference, top-1 agreement).")
+    p.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint (best.pt)")
+    p.add_argument("--format", default="pth,onnx", help="comma-separated: pth,safetensors,onnx,int8,tensorrt "
+                   "(default: pth,onnx)")
+    p.add_argument("--out", required=True, help="folder for the exported files")
+    p.add_argument("--data", help="dataset for verification and INT8 calibration (default: the checkpoint's own)")
+    p.add_argument("--images", type=int, default=64, help="validation images used to verify each format")
+    p.add_argument("--benchmark", action="store_true", help="time each format against PyTorch eager")
+    p.add_argument("--trt-int8", action="store_true", help="TensorRT: allow INT8 layers too, calibrated on your training images (default: FP16)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_export)
 
     from .bench import add_arguments as add_bench_arguments, cmd_bench  # stdlib-only at import: --help stays fast
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+
+from .errors import TunerError
 
 ONNX_OPSET = 17
 INPUT_NAME = "input"
@@ -63,3 +66,407 @@ def onnx_metadata(classes: Sequence[str], image_size: int, mean: Sequence[float]
     return {"classes": list(classes), "image_size": image_size, "resize_size": resize_size(image_size),
             "mean": list(mean), "std": list(std), "input_layout": "NCHW float32 RGB, 0..1 then normalised",
             "producer": f"tuner {__version__}", **(extra or {})}
+
+
+# ---- every format from one checkpoint ---------------------------------------------------------------
+
+FORMATS = ("pth", "safetensors", "onnx", "int8", "tensorrt")
+FP32_TARGET = 1e-4  # largest |logit difference| allowed for an FP32 format against PyTorch
+BENCH_BATCH = 16  # the "larger batch" of the throughput column
+TRT_PROFILE = (1, 8, 32)  # TensorRT optimization profile for the dynamic batch: min, opt, max
+FILE_NAMES = {"pth": "model.pth", "safetensors": "model.safetensors", "onnx": "model.onnx", "int8": "model.int8.onnx",
+              "tensorrt": "model.engine"}
+
+
+def parse_formats(value: str | Sequence[str]) -> list[str]:
+    """'pth,onnx' or a list -> validated format names, in FORMATS order."""
+    items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v and v.strip()]
+    unknown = [v for v in items if v not in FORMATS]
+    if unknown or not items:
+        raise TunerError(f"Unknown export format {', '.join(unknown) or '(none given)'}: choose from "
+                         f"{','.join(FORMATS)} (comma-separated), e.g. --format pth,onnx.")
+    return [f for f in FORMATS if f in items]
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, what is missing): TensorRT needs its Python package and a CUDA GPU on this machine."""
+    import importlib.util
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is visible to PyTorch on this machine")
+    if importlib.util.find_spec("tensorrt") is None:
+        missing.append("the tensorrt package is not installed (pip install -r requirements-gpu.txt)")
+    if not missing:
+        return True, "TensorRT and a CUDA GPU are present."
+    return False, " and ".join(missing)
+
+
+def trtexec_command(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, image_size: int, fp16: bool = True,
+                    int8: bool = False, max_batch: int = TRT_PROFILE[2]) -> str:
+    """The trtexec line that builds the same engine (dynamic batch 1..max_batch) on a GPU machine."""
+    import shlex
+
+    low, opt = TRT_PROFILE[0], min(TRT_PROFILE[1], max_batch)
+    shape = f"3x{image_size}x{image_size}"
+    words = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
+             f"--minShapes={INPUT_NAME}:{low}x{shape}", f"--optShapes={INPUT_NAME}:{opt}x{shape}",
+             f"--maxShapes={INPUT_NAME}:{max_batch}x{shape}"]
+    if fp16:
+        words.append("--fp16")
+    if int8:
+        words.append("--int8")  # without a calibration cache trtexec uses placeholder scales: calibrate with tuner
+    return " ".join(shlex.quote(w) for w in words)
+
+
+@dataclass
+class ExportReport:
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    verification: list[dict] = field(default_factory=list)
+    speed: list[dict] = field(default_factory=list)
+    accuracy: list[dict] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "files": {k: str(v) for k, v in self.files.items()},
+                "verification": self.verification, "speed": self.speed, "accuracy": self.accuracy,
+                "messages": self.messages}
+
+
+def compare(name: str, path: Path, reference: torch.Tensor, logits: torch.Tensor, images: int,
+            target: float | None, note: str = "") -> dict[str, Any]:
+    """One verification row: largest |logit difference| and top-1 agreement against PyTorch."""
+    diff = float((logits.float() - reference.float()).abs().max()) if images else float("nan")
+    agree = float((logits.argmax(1) == reference.argmax(1)).float().mean()) if images else float("nan")
+    passed = agree == 1.0 and (target is None or diff <= target)
+    if target is None:  # quantized formats: agreement is what is asked of them, not closeness of logits
+        passed = True
+        note = note or "quantized: logits differ by design; see the accuracy table"
+    return {"format": name, "file": path.name, "max_abs_diff": diff, "top1_agreement": agree, "images": images,
+            "passed": passed, "note": note}
+
+
+class _Images:
+    """The user's own images for verification (validation split) and INT8 calibration (training split)."""
+
+    def __init__(self, state: dict[str, Any], data: str | None, workdir: Path, max_images: int):
+        from .data import ImageCache, ImageDataset, eval_transform, prepare_dataset, resize_size
+
+        config = state.get("config", {}) or {}
+        source = data or config.get("data")
+        if not source:
+            raise TunerError("The checkpoint does not say which data it was trained on: give the dataset (--data "
+                             "DIR on the command line): its images verify the export and calibrate INT8.")
+        if source != "demo" and not Path(source).expanduser().exists():
+            raise TunerError(f"The training data {Path(source).name} is not on this machine any more: give a folder "
+                             "or .zip of the same classes (--data on the command line): its images verify the export.")
+        spec = prepare_dataset(source, workdir, val_ratio=config.get("val_ratio", 0.2), seed=config.get("seed", 0))
+        if spec.classes != list(state["classes"]):
+            raise TunerError(f"The dataset's classes ({', '.join(spec.classes)}) differ from the model's "
+                             f"({', '.join(state['classes'])}): use data with the same class folders (the Data tab "
+                             "in the studio, --data on the command line).")
+        size = int(state["image_size"])
+        cache = ImageCache(resize_size(size))
+
+        def spread(samples):  # evenly over the (class-ordered) list, so every class is represented
+            step = max(1, len(samples) // max_images)
+            return samples[::step][:max_images]
+
+        transform = eval_transform(size)
+        val = spread(spec.val or spec.train)
+        calib = spread(spec.train)
+        self.x = torch.stack([transform(cache.get(s.path)) for s in val])
+        self.labels = torch.tensor([s.label for s in val])
+        self.calibration = torch.stack([transform(cache.get(s.path)) for s in calib])
+
+
+def _ort_logits(path: Path, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    """Run an ONNX file that this function's caller just wrote (never a user-supplied one)."""
+    import onnxruntime as ort
+
+    from .onnx_runtime import session_options
+
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    return torch.from_numpy(out)
+
+
+def _ort_runner(path: Path):
+    import onnxruntime as ort
+
+    from .onnx_runtime import session_options
+
+    session = ort.InferenceSession(str(path), session_options(None), providers=["CPUExecutionProvider"])
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str], out_dir: str | os.PathLike, *,
+                      data: str | None = None, benchmark: bool = False, max_images: int = 64,
+                      tensorrt_int8: bool = False, progress: Callable[[int, int, str], None] | None = None,
+                      stop=None) -> ExportReport:
+    """Write each requested format of a fine-tuned checkpoint into `out_dir` and verify it against PyTorch.
+
+    TensorRT engines are FP16, plus INT8 calibrated on the training images with `tensorrt_int8`.
+    Every file is written atomically. `progress(done, total, label)` is called between steps; `stop`
+    (anything with is_set()) ends the export between formats, keeping the files already finished.
+    """
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+
+    chosen = parse_formats(formats)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(state)
+    classes, size = list(state["classes"]), int(state["image_size"])
+    report = ExportReport(out)
+    steps = ["images"] + chosen + (["benchmark"] if benchmark else [])
+
+    def step(label: str) -> None:
+        if stop is not None and stop.is_set():
+            raise TunerError("Export stopped on request; the files finished so far are kept.")
+        if progress:
+            progress(steps.index(label), len(steps), f"Exporting: {label}")
+
+    step("images")
+    images = _Images(state, data, Path(checkpoint).resolve().parent, max_images)
+    with torch.no_grad():
+        reference = model(images.x)
+    report.accuracy.append({"format": "pytorch (fp32)", "accuracy": _accuracy(reference, images.labels),
+                            "images": len(images.labels)})
+    meta = _model_json(state, checkpoint)
+
+    onnx_path = out / FILE_NAMES["onnx"]
+    written: set[str] = set()
+    need_onnx = any(f in chosen for f in ("onnx", "int8", "tensorrt"))
+    for name in chosen:
+        step(name)
+        path = out / FILE_NAMES[name]
+        if name == "pth":
+            _write_pth(model, path, meta)
+            report.files["pth"], report.files["model.json"] = path, out / "model.json"
+            report.verification.append(compare("pth", path, reference, _torchvision_logits(path, len(classes),
+                                                                                            images.x), len(images.x),
+                                               FP32_TARGET, "loads strict=True into torchvision resnet50"))
+        elif name == "safetensors":
+            _write_safetensors(model, path, meta)
+            report.files["safetensors"] = path
+            report.verification.append(compare("safetensors", path, reference,
+                                               _torchvision_logits(path, len(classes), images.x), len(images.x),
+                                               FP32_TARGET, "loads strict=True into torchvision resnet50"))
+        elif name == "onnx":
+            _ensure_onnx(model, onnx_path, state, meta, written)
+            report.files["onnx"] = onnx_path
+            report.verification.append(compare("onnx", onnx_path, reference, _ort_logits(onnx_path, images.x),
+                                               len(images.x), FP32_TARGET, f"onnx.checker passed; opset {ONNX_OPSET}"))
+        elif name == "int8":
+            _ensure_onnx(model, onnx_path, state, meta, written)
+            _quantize_int8(onnx_path, path, images.calibration)
+            report.files["int8"] = path
+            logits = _ort_logits(path, images.x)
+            report.verification.append(compare("int8", path, reference, logits, len(images.x), None))
+            report.accuracy.append({"format": "onnx int8", "accuracy": _accuracy(logits, images.labels),
+                                    "images": len(images.labels)})
+        elif name == "tensorrt":
+            _ensure_onnx(model, onnx_path, state, meta, written)
+            report.files.setdefault("onnx", onnx_path)
+            usable, why = tensorrt_status()
+            command = trtexec_command(onnx_path.name, path.name, size, int8=tensorrt_int8)
+            if not usable:
+                report.messages.append(f"TensorRT engine not built here: {why}. You get {onnx_path.name} and the "
+                                       f"trtexec command that builds the engine on a GPU machine, in the folder "
+                                       f"with {onnx_path.name}: {command}")
+                report.verification.append({"format": "tensorrt", "file": path.name, "max_abs_diff": float("nan"),
+                                            "top1_agreement": float("nan"), "images": 0, "passed": None,
+                                            "note": "not built here: " + why.split(" (")[0]})
+                continue
+            from .tensorrt_engine import build_engine, engine_runner
+
+            build_engine(onnx_path, path, size, fp16=True, int8=tensorrt_int8, calibration=images.calibration)
+            report.files["tensorrt"] = path
+            logits = torch.from_numpy(engine_runner(path)(images.x))
+            # FP16 engines round activations to 11 bits: closeness is judged by top-1 agreement.
+            report.verification.append(compare("tensorrt", path, reference, logits, len(images.x), None,
+                                               "FP16 engine: judged by top-1 agreement"))
+            report.messages.append(f"The same engine from the command line: {command}")
+    if need_onnx and (out / FILE_NAMES["onnx"]).is_file():
+        report.files["predict_onnx.py"] = _write_deploy_script(out)
+    if benchmark:
+        step("benchmark")
+        report.speed = _benchmark(model, report.files, size)
+    if progress:
+        progress(len(steps), len(steps), "Export finished")
+    return report
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def _model_json(state: dict[str, Any], checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """What model.json holds beside model.pth: everything needed to use and trust the weights."""
+    import platform
+
+    import torchvision
+
+    from . import __version__
+    from .data import resize_size
+
+    history = state.get("history") or []
+    best = max(history, key=lambda row: row.get("val_acc", 0), default={})
+    return {"arch": "resnet50", "classes": list(state["classes"]), "num_classes": len(state["classes"]),
+            "image_size": int(state["image_size"]), "resize_size": resize_size(int(state["image_size"])),
+            "mean": list(state["mean"]), "std": list(state["std"]),
+            "weights_source": state.get("weights_source", {}), "training_config": state.get("config", {}),
+            "validation": {"best_val_acc": best.get("val_acc"), "best_epoch": best.get("epoch"),
+                           "epochs_trained": len(history)},
+            "checkpoint": Path(checkpoint).name, "epoch": state.get("epoch"),
+            "load_with": f"torchvision.models.resnet50(num_classes={len(state['classes'])})"
+                         ".load_state_dict(torch.load('model.pth', weights_only=True), strict=True)",
+            "versions": {"tuner": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                         "python": platform.python_version()}}
+
+
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    # Contiguous CPU copies: what torchvision's resnet50 state_dict holds, nothing else.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _write_pth(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
+    from .checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(_plain_state_dict(model), tmp))
+    atomic_write(path.parent / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+
+
+def _write_safetensors(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    from .checkpoint import atomic_write
+
+    header = {"classes": json.dumps(meta["classes"]), "image_size": str(meta["image_size"]),
+              "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]), "arch": "resnet50"}
+    atomic_write(path, lambda tmp: save_file(_plain_state_dict(model), tmp, metadata=header))
+
+
+def _torchvision_logits(path: Path, num_classes: int, x: torch.Tensor) -> torch.Tensor:
+    """The interop check: plain torchvision, strict=True, from the file just written."""
+    from torchvision.models import resnet50
+
+    net = resnet50(weights=None, num_classes=num_classes)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        tensors = load_file(str(path))
+    else:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(tensors, strict=True)
+    with torch.no_grad():
+        return net.eval()(x)
+
+
+def _ensure_onnx(model: nn.Module, path: Path, state: dict[str, Any], meta: dict[str, Any], written: set) -> None:
+    """Write model.onnx once per export (INT8 and TensorRT are built from it even when ONNX was not asked for)."""
+    if str(path) in written:
+        return
+    extra = {"weights_source": meta["weights_source"].get("kind", ""), "checkpoint": meta["checkpoint"],
+             "epoch": meta["epoch"]}
+    export_onnx(model, path, int(state["image_size"]),
+                onnx_metadata(state["classes"], int(state["image_size"]), state["mean"], state["std"], extra))
+    written.add(str(path))
+
+
+def _quantize_int8(onnx_path: Path, path: Path, calibration: torch.Tensor) -> None:
+    """Static INT8 quantization (QDQ, per-channel weights), calibrated on the user's training images."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .checkpoint import atomic_write
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT_NAME: calibration[i:i + 8].numpy()} for i in range(0, len(calibration), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+
+        def write(tmp: str) -> None:
+            quantize_static(str(prepared), tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            import onnx
+            proto = onnx.load(tmp)
+            source = onnx.load(str(onnx_path), load_external_data=False)
+            del proto.metadata_props[:]
+            proto.metadata_props.extend(source.metadata_props)  # the deploy script reads classes from here
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = "quantization", "static int8 (QDQ), calibrated on the training images"
+            onnx.save(proto, tmp)
+
+        atomic_write(path, write)
+
+
+def _write_deploy_script(out: Path) -> Path:
+    import shutil
+
+    from .checkpoint import atomic_write
+
+    source = Path(__file__).parent / "deploy" / "predict_onnx.py"
+    return atomic_write(out / "predict_onnx.py", lambda tmp: shutil.copyfile(source, tmp))
+
+
+def _benchmark(model: nn.Module, files: dict[str, Path], image_size: int, repeats: int = 10) -> list[dict]:
+    """Latency at batch 1 and throughput at BENCH_BATCH, for PyTorch eager and each runnable format, measured
+    one after the other in this call on this machine (ratios are what to compare, not absolute times)."""
+    import copy
+    import time
+
+    def timed(run, x, repeats: int) -> float:
+        run(x)  # warm-up: first calls allocate and pick kernels
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    x1 = torch.randn(1, 3, image_size, image_size)
+    xb = torch.randn(BENCH_BATCH, 3, image_size, image_size)
+    runners: list[tuple[str, Callable]] = []
+
+    def eager(x):
+        with torch.inference_mode():
+            return model(x)
+    runners.append(("pytorch (eager, cpu)", eager))
+    if torch.cuda.is_available():  # the fair baseline for a GPU engine is PyTorch on the same GPU
+        gpu_model = copy.deepcopy(model).cuda().eval()
+
+        def eager_cuda(x):
+            with torch.inference_mode():
+                out = gpu_model(x.cuda(non_blocking=True))
+                torch.cuda.synchronize()
+                return out
+        runners.append(("pytorch (eager, cuda)", eager_cuda))
+    if "onnx" in files:
+        runners.append(("onnx (onnxruntime)", _ort_runner(files["onnx"])))
+    if "int8" in files:
+        runners.append(("onnx int8 (onnxruntime)", _ort_runner(files["int8"])))
+    if "tensorrt" in files:
+        from .tensorrt_engine import engine_runner
+        runners.append(("tensorrt fp16", engine_runner(files["tensorrt"])))
+    rows = []
+    for name, run in runners:
+        latency = timed(run, x1, repeats)
+        batch_time = timed(run, xb, max(3, repeats // 3))
+        rows.append({"format": name, "batch1_ms": round(latency * 1000, 2), "batch": BENCH_BATCH,
+                     "throughput_img_s": round(BENCH_BATCH / batch_time, 1)})
+    base = rows[0]
+    for row in rows:
+        row["latency_speedup"] = round(base["batch1_ms"] / row["batch1_ms"], 2) if row["batch1_ms"] else None
+        row["throughput_speedup"] = round(row["throughput_img_s"] / base["throughput_img_s"], 2) \
+            if base["throughput_img_s"] else None
+    return rows

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import data_tab, evaluate_tab, model_tab, predict_tab, train_tab  # TEMP-EXPORT
+from . import data_tab, evaluate_tab, export_tab, model_tab, predict_tab, train_tab
 from .common import LIGHT, Studio, StudioSettings
 
 CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "studio.css"
@@ -37,7 +37,7 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
             with gr.Tab("Predict", id="predict"):
                 predict_tab.build(studio)
             with gr.Tab("Export", id="export"):
-                pass  # TEMP-EXPORT export_tab.build(studio, heavy)
+                export_tab.build(studio, heavy)
         data_tab.wire(studio, data, training["form"])
         train_tab.wire(studio, training, data["val_ratio"], heavy)
         demo.load(**model["inspect_event"])

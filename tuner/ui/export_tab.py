@@ -3,6 +3,8 @@ PyTorch and timed, and download the files (this session's only)."""
 
 from __future__ import annotations
 
+import math
+
 import gradio as gr
 import pandas as pd
 
@@ -12,25 +14,53 @@ from .common import HEAVY, Studio, markdown_list, user_facing
 
 FORMAT_LABELS = {"pth": ".pth state_dict + model.json", "safetensors": ".safetensors", "onnx": "ONNX (FP32)",
                  "int8": "INT8 ONNX (static quantization)", "tensorrt": "TensorRT engine (GPU)"}
+VERDICT = {True: "matches", False: "DIFFERS", None: "not built"}
+SPEED_COLUMNS = {"format": "format", "batch1_ms": "batch-1 latency (ms)", "latency_speedup": "latency speedup",
+                 "throughput_img_s": "throughput (images/s)", "batch": "at batch", "throughput_speedup":
+                 "throughput speedup"}
+
+
+def verification_table(rows: list[dict]) -> pd.DataFrame:
+    def number(value, fmt: str) -> str:
+        return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+    columns = ["format", "file", "max |logit diff|", "top-1 agreement", "images", "result", "note"]
+    return pd.DataFrame([{"format": r["format"], "file": r["file"], "max |logit diff|": number(r["max_abs_diff"], ".2e"),
+                          "top-1 agreement": number(r["top1_agreement"], ".1%"), "images": r["images"],
+                          "result": VERDICT[r["passed"]], "note": r["note"]} for r in rows], columns=columns)
+
+
+def speed_table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{label: row[key] for key, label in SPEED_COLUMNS.items()} for row in rows],
+                        columns=list(SPEED_COLUMNS.values()))
 
 
 def build(studio: Studio, heavy_limit: int) -> dict:
     act = user_facing(studio)
     usable, why = tensorrt_status()
-    gr.Markdown("Exports this session's best checkpoint. Each format is run on validation images and compared "
-                "with the PyTorch model (largest logit difference and top-1 agreement). "
-                + ("TensorRT is available on this machine." if usable else f"TensorRT: {why}"))
+    trt_line = ("TensorRT and a CUDA GPU are available: engines are built and verified here." if usable else
+                f"TensorRT engines cannot be built on this server ({why}); choosing TensorRT gives you the ONNX file "
+                "and the `trtexec` command that builds the engine on your GPU machine.")
+    gr.Markdown("Exports this session's best checkpoint. Each format is run on validation images and compared with "
+                "the PyTorch model: the largest logit difference (FP32 target ≤ 1e-4) and top-1 agreement. "
+                f"{trt_line} `predict_onnx.py` classifies images with the ONNX file using only onnxruntime, numpy "
+                "and pillow.", elem_id="export-intro")
     with gr.Row():
         formats = gr.CheckboxGroup([(FORMAT_LABELS[f], f) for f in FORMATS], value=["pth", "onnx"],
-                                   label="Formats", elem_id="export-formats")
-        benchmark = gr.Checkbox(True, label="Measure speed (batch 1 latency and batched throughput vs PyTorch eager)")
+                                   label="Formats", elem_id="export-formats", scale=3)
+        benchmark = gr.Checkbox(True, label="Measure speed (batch-1 latency and batched throughput vs PyTorch eager)",
+                                elem_id="export-benchmark", scale=1)
     run = gr.Button("Export", variant="primary", elem_id="export")
     messages = gr.Markdown(elem_id="export-messages")
-    verification = gr.Dataframe(label="Verification against PyTorch", interactive=False, elem_id="export-verification")
+    verification = gr.Dataframe(verification_table([]), label="Verification against PyTorch", interactive=False,
+                                wrap=True, elem_id="export-verification")
     with gr.Row():
-        speed = gr.Dataframe(label="Speed on this machine", interactive=False, elem_id="export-speed")
-        accuracy = gr.Dataframe(label="Accuracy", interactive=False, elem_id="export-accuracy")
-    files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="export-files")
+        speed = gr.Dataframe(speed_table([]), label="Speed on this machine (measured side by side in one run)",
+                             interactive=False, elem_id="export-speed", scale=2)
+        accuracy = gr.Dataframe(pd.DataFrame(columns=["format", "accuracy", "images"]), interactive=False,
+                                label="Accuracy on the same images", elem_id="export-accuracy", scale=1)
+    files = gr.File(label="Files to download (this session's export)", file_count="multiple", interactive=False,
+                    elem_id="export-files")
 
     @act
     def export(chosen: list[str], measure: bool, request: gr.Request, progress=gr.Progress()):
@@ -41,18 +71,18 @@ def build(studio: Studio, heavy_limit: int) -> dict:
             checkpoint = workspace.checkpoint("best")
             if checkpoint is None:
                 raise TunerError("No checkpoint yet: train a model in the Train tab first (even one epoch).")
-            run_name = checkpoint.parent.name
-            report = export_checkpoint(checkpoint, chosen, workspace.exports / run_name,
+            report = export_checkpoint(checkpoint, chosen, workspace.exports / checkpoint.parent.name,
                                        data=workspace.data_source or None, benchmark=bool(measure),
-                                       progress=lambda done, total, label="Exporting": progress((done, total),
-                                                                                                 desc=label),
+                                       progress=lambda done, total, label: progress((done, total), desc=label),
                                        stop=workspace.stop)
+        failed = [row["format"] for row in report.verification if row["passed"] is False]
         notes = [studio.public(m, workspace) for m in report.messages]
+        if failed:
+            notes.insert(0, f"**{', '.join(failed)} did not match PyTorch**: see the table, and do not deploy it.")
         shown = [str(path) for path in report.files.values() if path and path.is_file()]
-        return (markdown_list(notes, "All chosen formats were built and verified."),
-                pd.DataFrame(report.verification).map(lambda v: studio.public(v, workspace) if isinstance(v, str)
-                                                      else v) if report.verification else pd.DataFrame(),
-                pd.DataFrame(report.speed), pd.DataFrame(report.accuracy), shown)
+        return (markdown_list(notes, "All chosen formats were built and verified against PyTorch."),
+                verification_table(report.verification), speed_table(report.speed),
+                pd.DataFrame(report.accuracy).assign(accuracy=lambda t: t["accuracy"].map("{:.1%}".format)), shown)
 
     run.click(export, [formats, benchmark], [messages, verification, speed, accuracy, files], api_name="export",
               concurrency_id=HEAVY, concurrency_limit=heavy_limit)

@@ -1,0 +1,242 @@
+"""Export: every format that can run here, from a freshly trained tiny model, checked against PyTorch.
+
+The checks here do not trust the export report alone: they load each file the way its user would
+(plain torchvision, safetensors, ONNX Runtime, the standalone deploy script) and compare with the
+checkpoint's own PyTorch model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tuner import cli
+from tuner.checkpoint import load_checkpoint, model_from_checkpoint
+from tuner.errors import TunerError
+from tuner.export import (FP32_TARGET, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_checkpoint, parse_formats,
+                          tensorrt_status, trtexec_command)
+
+CPU_FORMATS = "pth,safetensors,onnx,int8,tensorrt"  # tensorrt included: here it must explain itself
+TRT_READY, TRT_MISSING = tensorrt_status()
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    seen = []
+    report = export_checkpoint(trained_run / "best.pt", CPU_FORMATS, out, benchmark=True, max_images=32,
+                               progress=lambda done, total, label: seen.append((done, total, label)))
+    return report, seen
+
+
+@pytest.fixture(scope="module")
+def reference_model(trained_run):
+    return model_from_checkpoint(load_checkpoint(trained_run / "best.pt")).eval()
+
+
+def probe(size: int, n: int = 5) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(7))
+
+
+def rows_by_format(report) -> dict:
+    return {row["format"]: row for row in report.verification}
+
+
+def test_each_format_is_written_atomically_and_reported(exported):
+    report, seen = exported
+    assert set(report.files) >= {"pth", "model.json", "safetensors", "onnx", "int8", "predict_onnx.py"}
+    assert "tensorrt" not in report.files or TRT_READY
+    assert not list(report.out_dir.glob("*.tmp")) and not list(report.out_dir.glob(".*"))
+    assert seen[-1][0] == seen[-1][1]  # progress reached the end
+    assert [label for _, _, label in seen[1:6]] == [f"Exporting: {f}" for f in parse_formats(CPU_FORMATS)]
+
+
+def test_pth_loads_strictly_into_plain_torchvision_and_gives_the_same_logits(exported, reference_model, trained_run):
+    from torchvision.models import resnet50
+
+    report, _ = exported
+    meta = json.loads(report.files["model.json"].read_text())
+    net = resnet50(num_classes=len(meta["classes"]))
+    net.load_state_dict(torch.load(report.files["pth"], weights_only=True), strict=True)
+    x = probe(meta["image_size"])
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), reference_model(x))
+    state = load_checkpoint(trained_run / "best.pt")
+    assert meta["classes"] == state["classes"] and meta["image_size"] == state["image_size"]
+    assert meta["mean"] == list(state["mean"]) and meta["std"] == list(state["std"])
+    assert meta["weights_source"] == state["weights_source"]
+    assert meta["training_config"]["trainable"] == "head"
+    assert meta["validation"]["epochs_trained"] == 2 and 0 <= meta["validation"]["best_val_acc"] <= 1
+    assert {"tuner", "torch", "torchvision", "python"} <= set(meta["versions"])
+
+
+def test_safetensors_holds_the_same_tensors_and_the_class_names(exported, reference_model):
+    from safetensors import safe_open
+
+    report, _ = exported
+    with safe_open(str(report.files["safetensors"]), "pt") as f:
+        assert json.loads(f.metadata()["classes"]) == ["circles", "squares", "stripes", "triangles"]
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    expected = reference_model.state_dict()
+    assert tensors.keys() == expected.keys()
+    assert all(torch.equal(tensors[k], expected[k]) for k in expected)
+
+
+def test_onnx_is_valid_dynamic_batch_with_metadata_and_matches_pytorch(exported, reference_model):
+    import onnx
+    import onnxruntime as ort
+
+    report, _ = exported
+    path = report.files["onnx"]
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= ONNX_OPSET
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME] and [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == ["circles", "squares", "stripes", "triangles"]
+    assert int(meta["image_size"]) == 32 and len(json.loads(meta["mean"])) == 3
+
+    # Independently of the report: batches of 1 and 5 through ONNX Runtime against PyTorch.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = probe(32, n)
+        with torch.no_grad():
+            expected = reference_model(x).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        assert np.abs(got - expected).max() <= FP32_TARGET
+        assert (got.argmax(1) == expected.argmax(1)).all()
+
+    row = rows_by_format(report)["onnx"]
+    assert row["passed"] and row["max_abs_diff"] <= FP32_TARGET and row["top1_agreement"] == 1.0
+    assert row["images"] == 32  # real validation images, not noise
+
+
+def test_int8_is_quantized_calibrated_and_its_accuracy_and_speed_are_reported(exported):
+    import onnx
+
+    report, _ = exported
+    proto = onnx.load(str(report.files["int8"]))
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert report.files["int8"].stat().st_size < 0.4 * report.files["onnx"].stat().st_size
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["classes"])[0] == "circles"
+    row = rows_by_format(report)["int8"]
+    assert 0.0 <= row["top1_agreement"] <= 1.0 and row["max_abs_diff"] > 0  # numbers, not placeholders
+    accuracy = {r["format"]: r["accuracy"] for r in report.accuracy}
+    assert set(accuracy) == {"pytorch (fp32)", "onnx int8"} and all(0 <= v <= 1 for v in accuracy.values())
+    speed = {r["format"]: r for r in report.speed}
+    assert {"pytorch (eager, cpu)", "onnx (onnxruntime)", "onnx int8 (onnxruntime)"} <= set(speed)
+    for r in speed.values():
+        assert r["batch1_ms"] > 0 and r["throughput_img_s"] > 0 and r["latency_speedup"] > 0
+    assert speed["pytorch (eager, cpu)"]["latency_speedup"] == 1.0
+
+
+@pytest.mark.skipif(TRT_READY, reason="this machine can build TensorRT engines; the GPU test covers it")
+def test_without_tensorrt_the_user_gets_the_reason_the_onnx_file_and_the_trtexec_command(exported):
+    report, _ = exported
+    row = rows_by_format(report)["tensorrt"]
+    assert row["passed"] is None and "not built" in row["note"]
+    message = next(m for m in report.messages if "TensorRT" in m)
+    assert TRT_MISSING in message
+    assert ("no CUDA GPU" in message) != torch.cuda.is_available()
+    assert "trtexec --onnx=model.onnx --saveEngine=model.engine --minShapes=input:1x3x32x32" in message
+    assert report.files["onnx"].is_file()  # what the user takes to the GPU machine
+
+
+def test_trtexec_command_builds_the_same_dynamic_profile():
+    line = trtexec_command("my model.onnx", "out.engine", 224, int8=True, max_batch=16)
+    assert line.startswith("trtexec '--onnx=my model.onnx' --saveEngine=out.engine")
+    assert "--minShapes=input:1x3x224x224 --optShapes=input:8x3x224x224 --maxShapes=input:16x3x224x224" in line
+    assert line.endswith("--fp16 --int8")
+
+
+@pytest.mark.skipif(not TRT_READY, reason=f"TensorRT engine build needs tensorrt and a CUDA GPU: {TRT_MISSING}")
+def test_tensorrt_engine_is_built_and_agrees_with_pytorch(trained_run, tmp_path):
+    report = export_checkpoint(trained_run / "best.pt", "tensorrt", tmp_path, benchmark=True, max_images=32)
+    row = rows_by_format(report)["tensorrt"]
+    assert report.files["tensorrt"].is_file()
+    assert row["passed"] and row["top1_agreement"] == 1.0 and row["max_abs_diff"] < 0.05  # FP16 activations
+    assert {"tensorrt fp16", "pytorch (eager, cuda)"} <= {r["format"] for r in report.speed}
+
+
+def odd_images(folder: Path) -> list[Path]:
+    """Shapes and modes users upload: non-square, transparent, greyscale, 16-bit, palette."""
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    images = {
+        "wide.jpg": Image.fromarray(rng.integers(0, 255, (37, 71, 3), dtype=np.uint8)),
+        "tall.png": Image.fromarray(rng.integers(0, 255, (90, 41, 4), dtype=np.uint8), "RGBA"),
+        "grey.png": Image.fromarray(rng.integers(0, 255, (50, 50), dtype=np.uint8), "L"),
+        "deep.png": Image.fromarray(rng.integers(0, 65535, (44, 60), dtype=np.uint16)),
+        "palette.gif": Image.fromarray(rng.integers(0, 255, (33, 48, 3), dtype=np.uint8)).convert("P"),
+    }
+    paths = []
+    for name, img in images.items():
+        img.save(folder / name)
+        paths.append(folder / name)
+    return paths + [Path(__file__).resolve().parents[1] / "assets/examples/stripes.png"]
+
+
+def test_standalone_onnx_predictor_agrees_with_tuner_predict_without_torch_or_tuner(exported, trained_run, tmp_path,
+                                                                                     capsys):
+    report, _ = exported
+    images = [str(p) for p in odd_images(tmp_path / "odd")]
+    # The deploy script must run where neither torch nor tuner is installed: both are made unimportable.
+    runner = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['tuner'] = None; "
+              "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    deployed = subprocess.run([sys.executable, "-c", runner, str(report.files["predict_onnx.py"]),
+                               str(report.files["onnx"]), *images, "--json", "--top-k", "4"],
+                              capture_output=True, text=True, check=True, timeout=120)
+    assert cli.main(["predict", "--checkpoint", str(trained_run / "best.pt"), "--json", "--top-k", "4", *images]) == 0
+    ours = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    theirs = [json.loads(line) for line in deployed.stdout.splitlines()]
+    assert [t["image"] for t in theirs] == [o["image"] for o in ours] == images
+    for mine, deployed_one in zip(ours, theirs):
+        assert [t["label"] for t in deployed_one["top_k"]] == [t["label"] for t in mine["top_k"]]
+        np.testing.assert_allclose([t["prob"] for t in deployed_one["top_k"]], [t["prob"] for t in mine["top_k"]],
+                                   atol=1e-4)
+
+
+def test_cli_export_prints_the_tables_and_a_bad_format_is_one_clear_line(trained_run, tmp_path, capsys):
+    assert cli.main(["export", "--checkpoint", str(trained_run / "best.pt"), "--format", "pth",
+                     "--out", str(tmp_path / "cli"), "--images", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Verification against PyTorch" in out and "model.pth" in out
+    assert (tmp_path / "cli" / "model.pth").is_file() and (tmp_path / "cli" / "model.json").is_file()
+
+    assert cli.main(["export", "--checkpoint", str(trained_run / "best.pt"), "--format", "onnx,tflite",
+                     "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tflite" in err and "pth,safetensors,onnx,int8,tensorrt" in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_stop_between_formats_keeps_the_finished_files(trained_run, tmp_path):
+    stop = threading.Event()
+
+    def progress(done, total, label):
+        if label == "Exporting: pth":
+            stop.set()  # the user presses stop while .pth is written
+
+    with pytest.raises(TunerError, match="stopped"):
+        export_checkpoint(trained_run / "best.pt", "pth,onnx", tmp_path, max_images=8, progress=progress, stop=stop)
+    assert (tmp_path / "model.pth").is_file() and not (tmp_path / "model.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_verification_data_with_other_classes_is_refused_with_the_fix(trained_run, tmp_path):
+    from conftest import make_image_folder
+
+    other = make_image_folder(tmp_path / "other", {"cat": 4, "dog": 4})
+    with pytest.raises(TunerError, match="same class folders"):
+        export_checkpoint(trained_run / "best.pt", "onnx", tmp_path / "out", data=str(other))
+    assert not (tmp_path / "out" / "model.onnx").exists()

@@ -1,0 +1,1 @@
+"""Files copied next to exported models; they run without tuner or torch installed."""
