@@ -159,6 +159,25 @@ def test_trtexec_command_builds_the_same_dynamic_profile():
     assert line.endswith("--fp16 --int8")
 
 
+def test_tensorrt_11_is_named_as_the_missing_piece(monkeypatch):
+    import importlib.metadata
+    import importlib.util
+
+    from tuner import export
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt"
+                        else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: {"tensorrt-cu13": "11.4.0.106"}.get(dist) or
+                        (_ for _ in ()).throw(importlib.metadata.PackageNotFoundError(dist)))
+    assert export.tensorrt_version() == (11, 4)
+    usable, why = export.tensorrt_status()
+    assert not usable and "TensorRT 11.4 is installed" in why and "requirements-gpu.txt" in why
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "10.16.1.11")
+    assert export.tensorrt_version() == (10, 16)
+    assert "removed" not in export.tensorrt_status()[1]  # 10.x is what the build expects
+
+
 @pytest.mark.skipif(not TRT_READY, reason=f"TensorRT engine build needs tensorrt and a CUDA GPU: {TRT_MISSING}")
 def test_tensorrt_engine_is_built_and_agrees_with_pytorch(trained_run, tmp_path):
     report = export_checkpoint(trained_run / "best.pt", "tensorrt", tmp_path, benchmark=True, max_images=32)

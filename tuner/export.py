@@ -88,6 +88,21 @@ def parse_formats(value: str | Sequence[str]) -> list[str]:
     return [f for f in FORMATS if f in items]
 
 
+TENSORRT_MAJOR_LIMIT = 11  # engines are built with TensorRT 10's weakly typed FP16/INT8 API, gone in 11
+
+
+def tensorrt_version() -> tuple[int, ...] | None:
+    """The installed TensorRT's version from package metadata (importing tensorrt needs its CUDA libraries)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"):
+        try:
+            return tuple(int(part) for part in version(dist).split(".")[:2] if part.isdigit())
+        except (PackageNotFoundError, ValueError):
+            continue
+    return None
+
+
 def tensorrt_status() -> tuple[bool, str]:
     """(usable, what is missing): TensorRT needs its Python package and a CUDA GPU on this machine."""
     import importlib.util
@@ -97,6 +112,9 @@ def tensorrt_status() -> tuple[bool, str]:
         missing.append("no CUDA GPU is visible to PyTorch on this machine")
     if importlib.util.find_spec("tensorrt") is None:
         missing.append("the tensorrt package is not installed (pip install -r requirements-gpu.txt)")
+    elif (version := tensorrt_version()) and version[0] >= TENSORRT_MAJOR_LIMIT:
+        missing.append(f"TensorRT {'.'.join(map(str, version))} is installed, and TensorRT 11 removed the FP16/INT8 "
+                       "builder flags this build uses (pip install -r requirements-gpu.txt installs 10.x)")
     if not missing:
         return True, "TensorRT and a CUDA GPU are present."
     return False, " and ".join(missing)
@@ -274,8 +292,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
             command = trtexec_command(onnx_path.name, path.name, size, int8=tensorrt_int8)
             if not usable:
                 report.messages.append(f"TensorRT engine not built here: {why}. You get {onnx_path.name} and the "
-                                       f"trtexec command that builds the engine on a GPU machine, in the folder "
-                                       f"with {onnx_path.name}: {command}")
+                                       f"command that builds the engine on a GPU machine with TensorRT 10.x, in the "
+                                       f"folder with {onnx_path.name}: {command}")
                 report.verification.append({"format": "tensorrt", "file": path.name, "max_abs_diff": float("nan"),
                                             "top1_agreement": float("nan"), "images": 0, "passed": None,
                                             "note": "not built here: " + why.split(" (")[0]})

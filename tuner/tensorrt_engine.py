@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import TunerError
-from .export import INPUT_NAME, OUTPUT_NAME, TRT_PROFILE
+from .export import INPUT_NAME, OUTPUT_NAME, TENSORRT_MAJOR_LIMIT, TRT_PROFILE
 
 
 def _trt():
@@ -26,6 +26,9 @@ def _trt():
                          "GPU.") from None
     if not torch.cuda.is_available():
         raise TunerError("TensorRT needs a CUDA GPU, and none is visible to PyTorch on this machine.")
+    if int(trt.__version__.split(".")[0]) >= TENSORRT_MAJOR_LIMIT:
+        raise TunerError(f"TensorRT {trt.__version__} is installed; tuner builds engines with TensorRT 10, whose FP16 "
+                         "and INT8 builder flags version 11 removed: pip install -r requirements-gpu.txt.")
     return trt
 
 
