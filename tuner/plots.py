@@ -28,6 +28,9 @@ def training_curves(history: Sequence[dict[str, Any]]) -> go.Figure:
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_xaxes(title_text="epoch", dtick=1 if len(frame) <= 15 else None)
     fig.update_layout(**LAYOUT)
+    # Above the subplot titles, at the right: the default spot sits on top of the "Loss" title.
+    fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.1, xanchor="right", x=1),
+                      margin=dict(LAYOUT["margin"], t=70))
     return fig
 
 
