@@ -259,3 +259,19 @@ def test_verification_data_with_other_classes_is_refused_with_the_fix(trained_ru
     with pytest.raises(TunerError, match="same class folders"):
         export_checkpoint(trained_run / "best.pt", "onnx", tmp_path / "out", data=str(other))
     assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_verification_fails_fp32_drift_and_a_disagreeing_engine_but_only_informs_for_int8():
+    from tuner.export import TRT_MIN_AGREEMENT, compare
+
+    reference = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    drift = reference + 1e-3  # same labels, logits off by more than the FP32 target
+    flipped = reference.clone()
+    flipped[0] = torch.tensor([0.0, 2.0])  # one label in four differs: 75% agreement
+    path = Path("model.x")
+    assert compare("onnx", path, reference, reference, 4, FP32_TARGET)["passed"]
+    assert not compare("onnx", path, reference, drift, 4, FP32_TARGET)["passed"]
+    assert not compare("tensorrt", path, reference, flipped, 4, None, min_agreement=TRT_MIN_AGREEMENT)["passed"]
+    assert compare("tensorrt", path, reference, drift, 4, None, min_agreement=TRT_MIN_AGREEMENT)["passed"]
+    row = compare("int8", path, reference, flipped, 4, None, min_agreement=None)
+    assert row["passed"] and row["top1_agreement"] == 0.75

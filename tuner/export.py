@@ -73,6 +73,7 @@ def onnx_metadata(classes: Sequence[str], image_size: int, mean: Sequence[float]
 FORMATS = ("pth", "safetensors", "onnx", "int8", "tensorrt")
 FP32_TARGET = 1e-4  # largest |logit difference| allowed for an FP32 format against PyTorch
 BENCH_BATCH = 16  # the "larger batch" of the throughput column
+TRT_MIN_AGREEMENT = 0.98  # FP16 activations may flip a near-tie; more than 2% flips means a broken engine
 TRT_PROFILE = (1, 8, 32)  # TensorRT optimization profile for the dynamic batch: min, opt, max
 FILE_NAMES = {"pth": "model.pth", "safetensors": "model.safetensors", "onnx": "model.onnx", "int8": "model.int8.onnx",
               "tensorrt": "model.engine"}
@@ -153,14 +154,17 @@ class ExportReport:
 
 
 def compare(name: str, path: Path, reference: torch.Tensor, logits: torch.Tensor, images: int,
-            target: float | None, note: str = "") -> dict[str, Any]:
-    """One verification row: largest |logit difference| and top-1 agreement against PyTorch."""
+            target: float | None, note: str = "", min_agreement: float | None = 1.0) -> dict[str, Any]:
+    """One verification row: largest |logit difference| and top-1 agreement against PyTorch.
+
+    FP32 formats must agree on every image and stay within `target`. Reduced-precision engines
+    (target None) are judged by agreement alone, at `min_agreement`; INT8 ONNX passes
+    min_agreement=None: quantization may flip close calls, so its row informs (with the accuracy
+    table) rather than fails the export.
+    """
     diff = float((logits.float() - reference.float()).abs().max()) if images else float("nan")
     agree = float((logits.argmax(1) == reference.argmax(1)).float().mean()) if images else float("nan")
-    passed = agree == 1.0 and (target is None or diff <= target)
-    if target is None:  # quantized formats: agreement is what is asked of them, not closeness of logits
-        passed = True
-        note = note or "quantized: logits differ by design; see the accuracy table"
+    passed = (min_agreement is None or agree >= min_agreement) and (target is None or diff <= target)
     return {"format": name, "file": path.name, "max_abs_diff": diff, "top1_agreement": agree, "images": images,
             "passed": passed, "note": note}
 
@@ -282,7 +286,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
             _quantize_int8(onnx_path, path, images.calibration)
             report.files["int8"] = path
             logits = _ort_logits(path, images.x)
-            report.verification.append(compare("int8", path, reference, logits, len(images.x), None))
+            report.verification.append(compare("int8", path, reference, logits, len(images.x), None,
+                                               "quantized: logits differ by design; see the accuracy table",
+                                               min_agreement=None))
             report.accuracy.append({"format": "onnx int8", "accuracy": _accuracy(logits, images.labels),
                                     "images": len(images.labels)})
         elif name == "tensorrt":
@@ -305,7 +311,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
             logits = torch.from_numpy(engine_runner(path)(images.x))
             # FP16 engines round activations to 11 bits: closeness is judged by top-1 agreement.
             report.verification.append(compare("tensorrt", path, reference, logits, len(images.x), None,
-                                               "FP16 engine: judged by top-1 agreement"))
+                                               f"FP16 engine: needs top-1 agreement >= {TRT_MIN_AGREEMENT:.0%}",
+                                               min_agreement=TRT_MIN_AGREEMENT))
             report.messages.append(f"The same engine from the command line: {command}")
     if need_onnx and (out / FILE_NAMES["onnx"]).is_file():
         report.files["predict_onnx.py"] = _write_deploy_script(out)

@@ -2,7 +2,7 @@
 """Classify images with a model exported by tuner: needs only onnxruntime, numpy and pillow.
 
     pip install onnxruntime numpy pillow
-    python predict_onnx.py model.onnx photo.jpg [more.jpg ...] [--top-k 3] [--json]
+    python predict_onnx.py model.onnx photo.jpg [more.jpg ...] [--top-k 5] [--json]
 
 Class names and preprocessing (image size, resize, mean/std) are read from the ONNX file's metadata,
 so this script and the model file are all a deployment needs. Preprocessing matches tuner's:
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with a tuner ONNX model.")
     parser.add_argument("model", help="model.onnx (or model.int8.onnx) exported by tuner")
     parser.add_argument("images", nargs="+")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=5, help="as `python -m tuner predict`")
     parser.add_argument("--json", action="store_true", help="one JSON line per image, as `python -m tuner predict --json`")
     args = parser.parse_args(argv)
     session, info = load_model(args.model)
