@@ -203,18 +203,8 @@ class _Images:
         self.calibration = torch.stack([transform(cache.get(s.path)) for s in calib])
 
 
-def _ort_logits(path: Path, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
-    """Run an ONNX file that this function's caller just wrote (never a user-supplied one)."""
-    import onnxruntime as ort
-
-    from .onnx_runtime import session_options
-
-    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-    return torch.from_numpy(out)
-
-
-def _ort_runner(path: Path):
+def _ort_runner(path: Path) -> Callable[[torch.Tensor], Any]:
+    """images -> logits (numpy) for an ONNX file this export just wrote (never a user-supplied one)."""
     import onnxruntime as ort
 
     from .onnx_runtime import session_options
@@ -260,32 +250,32 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
 
     onnx_path = out / FILE_NAMES["onnx"]
     written: set[str] = set()
+    runners: dict[str, Callable[[torch.Tensor], Any]] = {}  # per format, built once: verified, then timed
     need_onnx = any(f in chosen for f in ("onnx", "int8", "tensorrt"))
     for name in chosen:
         step(name)
         path = out / FILE_NAMES[name]
-        if name == "pth":
-            _write_pth(model, path, meta)
-            report.files["pth"], report.files["model.json"] = path, out / "model.json"
-            report.verification.append(compare("pth", path, reference, _torchvision_logits(path, len(classes),
-                                                                                            images.x), len(images.x),
-                                               FP32_TARGET, "loads strict=True into torchvision resnet50"))
-        elif name == "safetensors":
-            _write_safetensors(model, path, meta)
-            report.files["safetensors"] = path
-            report.verification.append(compare("safetensors", path, reference,
-                                               _torchvision_logits(path, len(classes), images.x), len(images.x),
+        if name in ("pth", "safetensors"):
+            (_write_pth if name == "pth" else _write_safetensors)(model, path, meta)
+            report.files[name] = path
+            if name == "pth":
+                report.files["model.json"] = out / "model.json"
+            report.verification.append(compare(name, path, reference, _torchvision_logits(path, len(classes),
+                                                                                          images.x), len(images.x),
                                                FP32_TARGET, "loads strict=True into torchvision resnet50"))
         elif name == "onnx":
             _ensure_onnx(model, onnx_path, state, meta, written)
             report.files["onnx"] = onnx_path
-            report.verification.append(compare("onnx", onnx_path, reference, _ort_logits(onnx_path, images.x),
-                                               len(images.x), FP32_TARGET, f"onnx.checker passed; opset {ONNX_OPSET}"))
+            runners["onnx"] = _ort_runner(onnx_path)
+            logits = torch.from_numpy(runners["onnx"](images.x))
+            report.verification.append(compare("onnx", onnx_path, reference, logits, len(images.x), FP32_TARGET,
+                                               f"onnx.checker passed; opset {ONNX_OPSET}"))
         elif name == "int8":
             _ensure_onnx(model, onnx_path, state, meta, written)
             _quantize_int8(onnx_path, path, images.calibration)
             report.files["int8"] = path
-            logits = _ort_logits(path, images.x)
+            runners["int8"] = _ort_runner(path)
+            logits = torch.from_numpy(runners["int8"](images.x))
             report.verification.append(compare("int8", path, reference, logits, len(images.x), None,
                                                "quantized: logits differ by design; see the accuracy table",
                                                min_agreement=None))
@@ -308,7 +298,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
 
             build_engine(onnx_path, path, size, fp16=True, int8=tensorrt_int8, calibration=images.calibration)
             report.files["tensorrt"] = path
-            logits = torch.from_numpy(engine_runner(path)(images.x))
+            runners["tensorrt"] = engine_runner(path)
+            logits = torch.from_numpy(runners["tensorrt"](images.x))
             # FP16 engines round activations to 11 bits: closeness is judged by top-1 agreement.
             report.verification.append(compare("tensorrt", path, reference, logits, len(images.x), None,
                                                f"FP16 engine: needs top-1 agreement >= {TRT_MIN_AGREEMENT:.0%}",
@@ -318,7 +309,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
         report.files["predict_onnx.py"] = _write_deploy_script(out)
     if benchmark:
         step("benchmark")
-        report.speed = _benchmark(model, report.files, size)
+        if "onnx" in report.files:  # written for TensorRT even when not chosen: timed all the same
+            runners.setdefault("onnx", _ort_runner(onnx_path))
+        report.speed = _benchmark(model, runners, size)
     if progress:
         progress(len(steps), len(steps), "Export finished")
     return report
@@ -444,9 +437,13 @@ def _write_deploy_script(out: Path) -> Path:
     return atomic_write(out / "predict_onnx.py", lambda tmp: shutil.copyfile(source, tmp))
 
 
-def _benchmark(model: nn.Module, files: dict[str, Path], image_size: int, repeats: int = 10) -> list[dict]:
+BENCH_LABELS = {"onnx": "onnx (onnxruntime)", "int8": "onnx int8 (onnxruntime)", "tensorrt": "tensorrt fp16"}
+
+
+def _benchmark(model: nn.Module, formats: dict[str, Callable], image_size: int, repeats: int = 10) -> list[dict]:
     """Latency at batch 1 and throughput at BENCH_BATCH, for PyTorch eager and each runnable format, measured
-    one after the other in this call on this machine (ratios are what to compare, not absolute times)."""
+    one after the other in this call on this machine (ratios are what to compare, not absolute times).
+    `formats` maps format names to the runners the export verified with."""
     import copy
     import time
 
@@ -476,13 +473,7 @@ def _benchmark(model: nn.Module, files: dict[str, Path], image_size: int, repeat
                 torch.cuda.synchronize()
                 return out
         runners.append(("pytorch (eager, cuda)", eager_cuda))
-    if "onnx" in files:
-        runners.append(("onnx (onnxruntime)", _ort_runner(files["onnx"])))
-    if "int8" in files:
-        runners.append(("onnx int8 (onnxruntime)", _ort_runner(files["int8"])))
-    if "tensorrt" in files:
-        from .tensorrt_engine import engine_runner
-        runners.append(("tensorrt fp16", engine_runner(files["tensorrt"])))
+    runners.extend((BENCH_LABELS[name], formats[name]) for name in FORMATS if name in formats)
     rows = []
     for name, run in runners:
         latency = timed(run, x1, repeats)

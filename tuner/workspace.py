@@ -52,8 +52,8 @@ class Workspace:
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)  # predictors etc., keyed by source
 
     def __post_init__(self) -> None:
-        for name in ("data", "runs", "exports", "uploads"):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+        for folder in (self.data_dir, self.runs, self.exports, self.uploads):
+            folder.mkdir(parents=True, exist_ok=True)
 
     @property
     def num_classes(self) -> int:
@@ -99,6 +99,13 @@ class Workspace:
             if (self.run_dir / name).is_file():
                 return self.run_dir / name
         return None
+
+    def trained_checkpoint(self) -> Path:
+        """The best checkpoint for work that needs a trained model (evaluate, export), or the fix."""
+        checkpoint = self.checkpoint("best")
+        if checkpoint is None:
+            raise TunerError("No checkpoint yet: train a model in the Train tab first (even one epoch).")
+        return checkpoint
 
     def relative(self, path: str | os.PathLike) -> str:
         """How a path inside the workspace is shown to its user (never the server's folders)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..errors import TunerError
 from ..evaluate import evaluate_checkpoint
 from ..plots import confusion_heatmap
 from .common import HEAVY, Studio, user_facing
@@ -28,9 +27,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
     def evaluate(request: gr.Request, progress=gr.Progress()):
         workspace = studio.workspace(request)
         with workspace.job():
-            checkpoint = workspace.checkpoint("best")
-            if checkpoint is None:
-                raise TunerError("No checkpoint yet: train a model in the Train tab first (even one epoch).")
+            checkpoint = workspace.trained_checkpoint()
             result = evaluate_checkpoint(str(checkpoint), data=workspace.data_source or None,
                                          workdir=str(workspace.root),
                                          progress=lambda done, total: progress((done, total), desc="Evaluating"))

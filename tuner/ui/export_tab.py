@@ -68,9 +68,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
         if not chosen:
             raise TunerError("No format chosen: tick at least one (ONNX is the usual deployment format).")
         with workspace.job():
-            checkpoint = workspace.checkpoint("best")
-            if checkpoint is None:
-                raise TunerError("No checkpoint yet: train a model in the Train tab first (even one epoch).")
+            checkpoint = workspace.trained_checkpoint()
             report = export_checkpoint(checkpoint, chosen, workspace.exports / checkpoint.parent.name,
                                        data=workspace.data_source or None, benchmark=bool(measure),
                                        progress=lambda done, total, label: progress((done, total), desc=label),
