@@ -20,6 +20,8 @@ sys.path.insert(0, str(ROOT))
 _SESSION_TMP = Path(os.environ.get("TUNER_TEST_TMP", "/tmp")) / f"tuner-tests-{os.getpid()}"
 os.environ["TUNER_HOME"] = str(_SESSION_TMP / "tuner-home")
 os.environ["TORCH_HOME"] = str(_SESSION_TMP / "torch-home")
+# Gradio copies every file it serves (checkpoints, exports) into its cache: keep it with the session's files.
+os.environ["GRADIO_TEMP_DIR"] = str(_SESSION_TMP / "gradio-cache")
 os.environ["TUNER_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))

@@ -7,6 +7,7 @@ by evaluating the checkpoints it left behind, independently of the benchmark's o
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -23,7 +24,8 @@ def quick_report(tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     settings = BenchSettings.quick_settings()
     report = run_bench(settings, workdir=work)
-    return report, settings
+    yield report, settings
+    shutil.rmtree(work, ignore_errors=True)  # ~2 GB of runs and checkpoints: gone once this module is done
 
 
 def item(report, item_id):

@@ -57,6 +57,17 @@ def error_text(exc: BaseException) -> str:
     return str(exc)
 
 
+def test_served_file_copies_are_pruned_as_sessions_expire(tmp_path):
+    """Gradio copies each file it serves into its cache; those copies must not outlive the session."""
+    from tuner.ui import build_app
+    from tuner.ui.common import StudioSettings
+
+    demo = build_app(StudioSettings(workdir=str(tmp_path), session_ttl_min=30))
+    assert demo.delete_cache == (1800, 1800)
+    demo = build_app(StudioSettings(workdir=str(tmp_path), session_ttl_min=360))
+    assert demo.delete_cache == (3600, 6 * 3600)
+
+
 def test_every_working_event_has_an_api_name(studio):
     names = set(client(studio).view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {"/load_data", "/train", "/resume", "/stop", "/evaluate", "/predict", "/inspect_model",

@@ -23,7 +23,10 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
     settings = settings or StudioSettings()
     studio = Studio(settings)
     heavy = settings.heavy_jobs
-    with gr.Blocks(title="tuner: fine-tune ResNet50") as demo:
+    # Gradio copies every file it serves (checkpoints, exports: ~100 MB each) into its cache; without
+    # pruning, a long-running server fills its disk. Copies live as long as an idle session may.
+    session_s = settings.session_ttl_min * 60
+    with gr.Blocks(title="tuner: fine-tune ResNet50", delete_cache=(min(3600, session_s), session_s)) as demo:
         gr.Markdown(INTRO, elem_id="intro")
         with gr.Tabs():
             with gr.Tab("Model", id="model"):
