@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pandas as pd
@@ -48,6 +49,23 @@ def test_a_run_writes_checkpoints_history_and_metrics(tmp_path, tiny_dataset):
     assert isinstance(events[-1], Finished) and events[-1].status == "completed"
     ends = [e for e in events if isinstance(e, EpochEnd)]
     assert [e.row() for e in ends] == state["history"]
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-links-copy"])
+def test_best_pt_shares_last_pt_bytes_and_keeps_them_when_last_moves_on(tmp_path, monkeypatch, links):
+    from tuner.checkpoint import same_file_as, save_checkpoint
+
+    if not links:  # a filesystem without hard links: a copy, same result
+        monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError("no links here")))
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, last)
+    same_file_as(last, best)
+    assert best.read_bytes() == last.read_bytes() and os.path.samefile(last, best) is links
+    save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, last)  # a later epoch that did not improve
+    assert torch.load(best, weights_only=True)["epoch"] == 1
+    assert torch.equal(torch.load(best, weights_only=True)["w"], torch.ones(3))
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp files left
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, tiny_dataset):

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, same_file_as, save_checkpoint
 from .config import TrainConfig
 from .data import (MEAN, STD, DatasetSpec, EpochBatchSampler, ImageCache, ImageDataset, class_weights,
                    dataset_folder, eval_transform, prepare_dataset, resize_size, seeded, train_transform)
@@ -599,9 +599,10 @@ class _Run:
     def _save(self, epoch: int, next_batch: int, partial: dict | None, best: bool = False) -> Iterator[Event]:
         if self.runtime.is_main:
             state = self._state(epoch, next_batch, partial)
-            yield CheckpointSaved(str(save_checkpoint(state, self.out / "last.pt")), "last")
-            if best:
-                yield CheckpointSaved(str(save_checkpoint(state, self.out / "best.pt")), "best")
+            last = save_checkpoint(state, self.out / "last.pt")
+            yield CheckpointSaved(str(last), "last")
+            if best:  # the same state: link it rather than write it twice (head-only epochs are mostly I/O)
+                yield CheckpointSaved(str(same_file_as(last, self.out / "best.pt")), "best")
             self._write_history()
         barrier(self.runtime)
 
