@@ -53,6 +53,10 @@ def test_quick_bench_reports_every_item_with_consistent_numbers(quick_report, tm
     if not torch.cuda.is_available():
         assert gpu["skipped"] == bench.NO_GPU and gpu["met"] is None
     assert item(report, "predict")["details"]["backend"] in ("onnxruntime", "torch")
+    # Each tuner fine-tune run says which device, precision and memory layout it chose (and why).
+    runtimes = item(report, "finetune")["details"]["tuner_runtime"]
+    assert len(runtimes) == settings.repeats
+    assert all("channels_last measured" in r for r in runtimes) != torch.cuda.is_available()
     rows = report["cpu_settings"]["rows"]
     assert len(rows) == 4 and all(r["speedup"]["median"] > 0 for r in rows.values())
 

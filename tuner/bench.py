@@ -518,7 +518,9 @@ def _latency_blocks(ctx: "_Context", plain: Callable[[], Any], ours: Callable[[]
 def bench_finetune(ctx: "_Context") -> dict[str, Any]:
     """Item 3: full fine-tune (every stage trains), training images/s after a warm-up epoch."""
     s = ctx.settings
-    ratios, ours, plains = [], [], []
+    from .train import RunStarted
+
+    ratios, ours, plains, runtimes = [], [], [], []
     measured = range(2, s.finetune_epochs + 1) if s.finetune_epochs > 1 else range(1, 2)
     for r in range(s.repeats):
         def plain() -> float:
@@ -530,6 +532,7 @@ def bench_finetune(ctx: "_Context") -> dict[str, Any]:
             config = _tuner_config(ctx.data, ctx.work / f"finetune-{r}", ctx.weights, s, trainable="all",
                                    epochs=s.finetune_epochs)
             run = tuner_train(config, ctx.work / f"home-finetune-{r}")
+            runtimes.append(next(e.device for _, e in run["timed"] if isinstance(e, RunStarted)))
             phases = train_phase_seconds(run["timed"])
             return _trained_images(ctx) * len(measured) / sum(phases[e] for e in measured)
 
@@ -546,7 +549,10 @@ def bench_finetune(ctx: "_Context") -> dict[str, Any]:
                  "plain_recipe": "torchvision resnet50, SGD(all, lr=0.001, momentum=0.9), RandomResizedCrop+flip, "
                                  "DataLoader defaults",
                  "tuner_recipe": "train(trainable='all') with its defaults (AdamW, light augmentation, images "
-                                 "decoded once, loader workers and precision chosen for the machine)"})
+                                 "decoded once, loader workers, precision and memory layout chosen for the "
+                                 "machine; each run starts from an empty TUNER_HOME, so it measures the layout "
+                                 "first, outside the timed epochs)",
+                 "tuner_runtime": runtimes})
 
 
 def _trained_images(ctx: "_Context") -> int:
@@ -714,15 +720,17 @@ def bench_settings(ctx: "_Context") -> dict[str, Any]:
     def rate(**kw: Any) -> Callable[[], float]:
         return lambda: cpu_step_rate(s, **kw)
 
-    for name, base, variant in (
-            ("channels_last (training step)", {}, {"channels_last": True}),
-            ("bf16 autocast (training step)", {}, {"amp_dtype": torch.bfloat16}),
-            ("channels_last (inference)", {"inference": True}, {"inference": True, "channels_last": True})):
+    for name, base, variant, default in (
+            ("channels_last (training step)", {}, {"channels_last": True},
+             "measured on each machine, once per image size (probes.json)"),
+            ("bf16 autocast (training step)", {}, {"amp_dtype": torch.bfloat16}, "off (amp='bf16' asks for it)"),
+            ("channels_last (inference)", {"inference": True}, {"inference": True, "channels_last": True},
+             "off (prediction runs in ONNX Runtime)")):
         ratios = []
         for r in range(s.repeats):
             plain_rate, other_rate = _alternate(r, rate(**base), rate(**variant))
             ratios.append(other_rate / plain_rate)
-        rows[name] = {"speedup": spread(ratios), "default": "off"}
+        rows[name] = {"speedup": spread(ratios), "default": default}
     workers = pick_workers(-1, device, 1)
     other = 2 if workers == 0 else 0
     ratios = []
@@ -746,37 +754,12 @@ def bench_settings(ctx: "_Context") -> dict[str, Any]:
 def cpu_step_rate(settings: BenchSettings, channels_last: bool = False, amp_dtype=None,
                   inference: bool = False) -> float:
     """Images/s of a full ResNet50 training step (or a no-grad forward) on synthetic CPU batches."""
-    import torch
-    from torch import nn
-
-    from .model import new_resnet50
+    from .probe import TrainingStep
 
     s = settings
-    torch.manual_seed(s.seed)
-    model = new_resnet50(1000)
-    x = torch.randn(s.settings_batch, 3, s.image_size, s.image_size)
-    y = torch.randint(0, 1000, (s.settings_batch,))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            if inference:
-                with torch.no_grad():
-                    model.eval()(x)
-                return
-            loss = nn.functional.cross_entropy(model.train()(x).float(), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
+    step = TrainingStep(s.image_size, s.settings_batch, channels_last, amp_dtype, inference, seed=s.seed)
     step()  # warm-up: oneDNN primitive creation
-    t0 = time.perf_counter()
-    for _ in range(s.settings_steps):
-        step()
-    return s.settings_batch * s.settings_steps / (time.perf_counter() - t0)
+    return step.rate(s.settings_steps)
 
 
 def _alternate(r: int, plain: Callable[[], Any], ours: Callable[[], Any]) -> tuple[Any, Any]:

@@ -78,7 +78,8 @@ TRAIN_FLAGS = [
     Flag("--cache-views", "cache_views", int, help="augmented views per image in the feature cache"),
     Flag("--cache-dir", "cache_dir"),
     Flag("--cache-budget-mb", "cache_budget_mb", int),
-    Flag("--channels-last", "channels_last", choices=("auto", "on", "off")),
+    Flag("--channels-last", "channels_last", choices=("auto", "on", "off"),
+         help="NHWC memory format (auto: on for CUDA; on a CPU, measured once per machine and image size)"),
     Flag("--compile", "compile", switch=True, help="torch.compile the model (GPU, long runs)"),
     Flag("--sync-bn", "sync_bn", switch=True, help="under torchrun: synchronise BatchNorm across ranks"),
 ]

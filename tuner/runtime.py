@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from . import probe
 from .config import TrainConfig
 from .errors import TunerError
 
@@ -24,6 +25,7 @@ class Runtime:
     amp_dtype: torch.dtype | None  # None: full precision
     channels_last: bool
     num_workers: int
+    layout_note: str = ""  # why this memory layout (a CPU's measured channels_last speed-up), for describe()
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -42,6 +44,8 @@ class Runtime:
         if self.device.type == "cuda":
             text += f" ({torch.cuda.get_device_name(self.device)})"
         text += f", {'mixed precision ' + str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else 'fp32'}"
+        if self.layout_note:
+            text += f", {self.layout_note}"
         if self.distributed:
             text += f", rank {self.rank} of {self.world_size} ({dist.get_backend()})"
         return text
@@ -76,8 +80,9 @@ def setup_runtime(config: TrainConfig) -> Runtime:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10),
                                 device_id=device if use_cuda else None)
         owns = True
-    return Runtime(device=device, amp_dtype=pick_amp(config.amp, device), channels_last=pick_channels_last(config, device),
-                   num_workers=pick_workers(config.num_workers, device, world_size), rank=rank,
+    channels_last, layout_note = pick_channels_last(config, device, world_size)
+    return Runtime(device=device, amp_dtype=pick_amp(config.amp, device), channels_last=channels_last,
+                   layout_note=layout_note, num_workers=pick_workers(config.num_workers, device, world_size), rank=rank,
                    world_size=world_size, local_rank=local_rank, owns_process_group=owns)
 
 
@@ -95,10 +100,18 @@ def pick_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
-def pick_channels_last(config: TrainConfig, device: torch.device) -> bool:
+def pick_channels_last(config: TrainConfig, device: torch.device, world_size: int = 1) -> tuple[bool, str]:
+    """(use channels_last, a note for the run's description)."""
     if config.channels_last != "auto":
-        return config.channels_last == "on"
-    return device.type == "cuda"  # tensor cores want NHWC; on these CPUs it measured no faster
+        return config.channels_last == "on", f"channels_last {config.channels_last} (asked for)"
+    if device.type == "cuda":
+        return True, "channels_last"  # tensor cores want NHWC
+    if config.trainable == "head" and config.feature_cache != "off":
+        return False, ""  # the backbone runs once per image into the feature cache: nothing to gain
+    # CPUs differ (0.83x to 1.36x measured on one machine type): measure once per machine and size.
+    # Under torchrun every rank would time the others' load, so only a remembered answer is used there.
+    choice = probe.cpu_channels_last(config.image_size, measure_if_unknown=world_size == 1)
+    return choice.channels_last, choice.describe()
 
 
 def pick_workers(requested: int, device: torch.device, world_size: int) -> int:

@@ -103,7 +103,8 @@ class TrainForm:
                 self.fields["cache_views"] = gr.Number(value=defaults.cache_views, precision=0, minimum=1,
                                                        label="Augmented views cached per image")
                 self.fields["channels_last"] = gr.Radio(["auto", "on", "off"], value=defaults.channels_last,
-                                                        label="channels_last memory format")
+                                                        label="channels_last memory format",
+                                                        info="auto: on for GPUs; on CPUs measured once per machine")
                 self.fields["compile"] = gr.Checkbox(defaults.compile, label="torch.compile (GPU, long runs)")
 
     # The Model tab's radio is the single source of the freeze depth; the mirror here follows it.

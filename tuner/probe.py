@@ -1,0 +1,150 @@
+"""Measured, not guessed: whether channels_last makes a ResNet50 training step faster on this CPU.
+
+On GPUs channels_last always pays (tensor cores want NHWC). On CPUs it depends on the chip and the
+day: the same 2-core AMD EPYC machine type measured it at 0.83x to 1.36x of PyTorch's default layout
+(bench/results). So with `channels_last='auto'`, a CPU run whose backbone runs every step times a few
+training steps both ways once, and remembers the answer per CPU model, thread count, torch version and
+image size in $TUNER_HOME/probes.json; later runs on the same machine reuse it.
+
+`TrainingStep` is also what `tuner bench` times for its CPU settings table.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write
+from .demo_data import tuner_home
+
+PROBE_FILE = "probes.json"
+MIN_SPEEDUP = 1.05  # nearer 1 than this is within this machine's noise: keep PyTorch's default layout
+PROBE_BATCH = 4
+PROBE_STEPS = 2  # timed steps per layout and round
+PROBE_ROUNDS = 2  # the two layouts alternate, each going first once (order effects cancel)
+
+
+class TrainingStep:
+    """One SGD step of a ResNet50 (or a no-grad forward) on a fixed synthetic CPU batch."""
+
+    def __init__(self, image_size: int, batch: int, channels_last: bool = False, amp_dtype: torch.dtype | None = None,
+                 inference: bool = False, seed: int = 0):
+        from .model import new_resnet50
+
+        with torch.random.fork_rng(devices=[]):  # a probe must not shift the run's random numbers
+            torch.manual_seed(seed)
+            self.model = new_resnet50(1000)
+            self.x = torch.randn(batch, 3, image_size, image_size)
+            self.y = torch.randint(0, 1000, (batch,))
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.001, momentum=0.9)
+        self.amp_dtype, self.inference, self.batch = amp_dtype, inference, batch
+
+    def __call__(self) -> None:
+        with torch.autocast("cpu", dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            if self.inference:
+                with torch.no_grad():
+                    self.model.eval()(self.x)
+                return
+            loss = nn.functional.cross_entropy(self.model.train()(self.x).float(), self.y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+    def rate(self, steps: int) -> float:
+        """Images/s over `steps` steps (call once before, to leave oneDNN's first-call setup out)."""
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self()
+        return self.batch * steps / (time.perf_counter() - t0)
+
+
+def measure_channels_last(image_size: int, batch: int = PROBE_BATCH, steps: int = PROBE_STEPS,
+                          rounds: int = PROBE_ROUNDS) -> float:
+    """channels_last training images/s over the default layout's (above 1: channels_last is faster)."""
+    default = TrainingStep(image_size, batch)
+    nhwc = TrainingStep(image_size, batch, channels_last=True)
+    default()
+    nhwc()
+    ratios = []
+    for r in range(rounds):
+        if r % 2 == 0:
+            base = default.rate(steps)
+            ratios.append(nhwc.rate(steps) / base)
+        else:
+            other = nhwc.rate(steps)
+            ratios.append(other / default.rate(steps))
+    return statistics.median(ratios)
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    channels_last: bool
+    speedup: float | None  # channels_last over the default layout as measured here; None: not measured
+    measured_now: bool = False  # this call ran the probe (a first run at this size on this machine)
+
+    def describe(self) -> str:
+        layout = "channels_last" if self.channels_last else "default layout"
+        if self.speedup is None:
+            return layout
+        return f"{layout} (channels_last measured {self.speedup:.2f}x on this CPU)"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key(image_size: int) -> str:
+    return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {image_size} px"
+
+
+def probes_path() -> Path:
+    return tuner_home() / PROBE_FILE
+
+
+def _read_probes() -> dict:
+    try:
+        probes = json.loads(probes_path().read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or a damaged file: measure again and rewrite it
+    return probes if isinstance(probes, dict) else {}
+
+
+def remembered_speedup(image_size: int) -> float | None:
+    entry = _read_probes().get(machine_key(image_size))
+    speedup = entry.get("channels_last_speedup") if isinstance(entry, dict) else None
+    return float(speedup) if isinstance(speedup, (int, float)) and speedup > 0 else None
+
+
+def cpu_channels_last(image_size: int, measure_if_unknown: bool = True) -> LayoutChoice:
+    """The layout for CPU training at `image_size`: remembered for this machine, else measured now
+    (a few seconds at 224 px) unless `measure_if_unknown` is False (then the default layout)."""
+    speedup = remembered_speedup(image_size)
+    if speedup is not None:
+        return LayoutChoice(speedup >= MIN_SPEEDUP, speedup)
+    if not measure_if_unknown:
+        return LayoutChoice(False, None)
+    speedup = measure_channels_last(image_size)
+    probes = _read_probes()  # again: another run may have added its own answer meanwhile
+    probes[machine_key(image_size)] = {"channels_last_speedup": round(speedup, 3),
+                                       "measured": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        atomic_write(probes_path(), lambda tmp: Path(tmp).write_text(json.dumps(probes, indent=1)))
+    except OSError:
+        pass  # a read-only home: the answer still holds for this run
+    return LayoutChoice(speedup >= MIN_SPEEDUP, speedup, measured_now=True)
