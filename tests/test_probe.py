@@ -47,7 +47,7 @@ def test_the_answer_is_measured_once_and_remembered_per_image_size(home, measure
     assert "torch " + torch.__version__ in probe.machine_key(64) and "64 px" in probe.machine_key(64)
 
 
-@pytest.mark.parametrize("speedup, chosen", [(probe.MIN_SPEEDUP, True), (1.04, False), (0.8, False)])
+@pytest.mark.parametrize("speedup, chosen", [(probe.MIN_SPEEDUP, True), (1.02, True), (0.98, False), (0.8, False)])
 def test_channels_last_only_when_measurably_faster(home, measured, speedup, chosen):
     fake, _ = measured
     fake.speedup = speedup
@@ -70,7 +70,7 @@ def test_without_measuring_an_unknown_size_gets_the_default_layout(home, measure
 
 def test_the_real_measurement_is_a_ratio_and_leaves_the_random_numbers_alone():
     state = torch.get_rng_state()
-    ratio = probe.measure_channels_last(32, batch=2, steps=1, rounds=2)
+    ratio = probe.measure_channels_last(32, batch=2, steps=3)
     assert 0.1 < ratio < 10
     assert torch.equal(torch.get_rng_state(), state)  # a first run (probing) and a second give the same model
 
