@@ -4,13 +4,14 @@ torch.compile, and checkpoints that move between a GPU and a CPU.
 CI and the 2-core development machines have no GPU, so every test here skips there with the reason.
 Not yet run on a GPU (no session has had one so far); with "cuda" replaced by "cpu" and fp16 left out,
 the same tests pass on a CPU, which checks the tests themselves. Run `pytest tests/test_gpu.py` on a
-machine with a CUDA GPU and `pip install -r requirements.txt`.
+machine with a CUDA GPU after `pip install -r requirements.txt -r requirements-test.txt`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 
 import pytest
 import torch
@@ -43,6 +44,14 @@ def gpu_config(tmp_path, data, name, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def assert_same_picks_but_near_ties(probs: torch.Tensor, reference: torch.Tensor, tie: float = 0.02) -> None:
+    """Same top-1 everywhere, except where the reference's top two were within `tie` of each other
+    (TF32 rounding on the GPU may then pick the other one)."""
+    for row, ref in zip(probs.cpu(), reference):
+        if row.argmax() != ref.argmax():
+            assert ref.max() - ref[row.argmax()] <= tie, (row, ref)
+
+
 def history(events) -> list[dict]:
     return [e.row() for e in events if isinstance(e, EpochEnd)]
 
@@ -69,7 +78,7 @@ def test_mixed_precision_training_learns_and_its_checkpoint_runs_on_a_cpu(tmp_pa
     on_gpu = Predictor.from_checkpoint(tmp_path / amp / "best.pt", device="cuda").probabilities(images)
     on_cpu = Predictor.from_checkpoint(tmp_path / amp / "best.pt", device="cpu", backend="torch").probabilities(images)
     assert on_gpu.shape == on_cpu.shape == (len(images), 3)
-    assert torch.equal(on_gpu.argmax(1).cpu(), on_cpu.argmax(1))
+    assert_same_picks_but_near_ties(on_gpu, on_cpu)
     assert (on_gpu.cpu() - on_cpu).abs().max() < 1e-2  # the GPU predicts in fp32 (TF32 convolutions)
 
 
@@ -92,9 +101,11 @@ def test_the_feature_cache_on_the_gpu_matches_the_plain_gpu_loop(tmp_path, colou
     cached = list(train(gpu_config(tmp_path, colours, "cached", **common)))
     plain = list(train(gpu_config(tmp_path, colours, "plain", feature_cache="off", **common)))
     assert "cache" in next(e for e in cached if isinstance(e, StageStarted)).fast_path
+    n_val = next(e for e in cached if isinstance(e, RunStarted)).num_val
     for c, p in zip(history(cached), history(plain), strict=True):
         assert c["train_loss"] == pytest.approx(p["train_loss"], rel=1e-2)
-        assert c["val_acc"] == p["val_acc"]
+        # Other batch shapes, so other cuDNN kernels (TF32): a near-tie among the images may flip.
+        assert abs(c["val_acc"] - p["val_acc"]) <= 1 / n_val + 1e-9
     a = load_checkpoint(tmp_path / "cached" / "last.pt")["model_state"]["fc.weight"]
     b = load_checkpoint(tmp_path / "plain" / "last.pt")["model_state"]["fc.weight"]
     assert float((a - b).norm() / b.norm()) < 1e-2
@@ -113,6 +124,8 @@ def test_a_run_stopped_on_the_gpu_resumes_on_a_cpu(tmp_path, colours):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
 
 
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")),
+                    reason="torch.compile (Inductor) needs a C compiler, and this machine has none")
 def test_torch_compile_trains_on_the_gpu(tmp_path, colours):
     events = list(train(gpu_config(tmp_path, colours, "compiled", trainable="all", compile=True, epochs=2,
                                    feature_cache="off")))

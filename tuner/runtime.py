@@ -108,9 +108,12 @@ def pick_channels_last(config: TrainConfig, device: torch.device, world_size: in
         return True, "channels_last"  # tensor cores want NHWC
     if config.trainable == "head" and config.feature_cache != "off":
         return False, ""  # the backbone runs once per image into the feature cache: nothing to gain
-    # CPUs differ (0.83x to 1.36x measured on one machine type): measure once per machine and size.
-    # Under torchrun every rank would time the others' load, so only a remembered answer is used there.
-    choice = probe.cpu_channels_last(config.image_size, measure_if_unknown=world_size == 1)
+    if world_size > 1:
+        # DDP needs the same layout in every rank, and ranks probing at once would time each other's
+        # load; a remembered answer could differ between machines. So: PyTorch's default layout.
+        return False, "default layout (channels_last is not measured under torchrun: --channels-last on)"
+    # CPUs differ (0.89x to 1.37x measured on one machine type): measure once per machine and size.
+    choice = probe.cpu_channels_last(config.image_size)
     return choice.channels_last, choice.describe()
 
 

@@ -583,7 +583,9 @@ class _Run:
         model = self.model
         return {
             "tuner_version": __version__, "arch": "resnet50",
-            "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            # Contiguous whatever layout trained it (channels_last), so the file is the same everywhere.
+            "model_state": {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                            for k, v in model.state_dict().items()},
             "classes": list(self.spec.classes), "image_size": self.config.image_size,
             "mean": list(MEAN), "std": list(STD), "weights_source": self.source.to_dict(),
             "config": self.config.to_dict(), "epoch": epoch, "next_batch": next_batch, "partial_epoch": partial,

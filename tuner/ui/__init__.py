@@ -24,7 +24,7 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
     studio = Studio(settings)
     heavy = settings.heavy_jobs
     # Gradio copies every file it serves (checkpoints, exports: ~100 MB each) into its cache; without
-    # pruning, a long-running server fills its disk. Copies live as long as an idle session may.
+    # pruning, a long-running server fills its disk. Copies older than the session TTL are deleted.
     session_s = settings.session_ttl_min * 60
     with gr.Blocks(title="tuner: fine-tune ResNet50", delete_cache=(min(3600, session_s), session_s)) as demo:
         gr.Markdown(INTRO, elem_id="intro")
