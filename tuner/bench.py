@@ -517,9 +517,9 @@ def _latency_blocks(ctx: "_Context", plain: Callable[[], Any], ours: Callable[[]
 
 def bench_finetune(ctx: "_Context") -> dict[str, Any]:
     """Item 3: full fine-tune (every stage trains), training images/s after a warm-up epoch."""
-    s = ctx.settings
     from .train import RunStarted
 
+    s = ctx.settings
     ratios, ours, plains, runtimes = [], [], [], []
     measured = range(2, s.finetune_epochs + 1) if s.finetune_epochs > 1 else range(1, 2)
     for r in range(s.repeats):

@@ -309,8 +309,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
         report.files["predict_onnx.py"] = _write_deploy_script(out)
     if benchmark:
         step("benchmark")
-        if "onnx" in report.files:  # written for TensorRT even when not chosen: timed all the same
-            runners.setdefault("onnx", _ort_runner(onnx_path))
+        if "onnx" in report.files and "onnx" not in runners:  # written for TensorRT only: timed all the same
+            runners["onnx"] = _ort_runner(onnx_path)
         report.speed = _benchmark(model, runners, size)
     if progress:
         progress(len(steps), len(steps), "Export finished")

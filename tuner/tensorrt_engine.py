@@ -15,20 +15,19 @@ import numpy as np
 import torch
 
 from .errors import TunerError
-from .export import INPUT_NAME, OUTPUT_NAME, TENSORRT_MAJOR_LIMIT, TRT_PROFILE
+from .export import INPUT_NAME, OUTPUT_NAME, TRT_PROFILE, tensorrt_status
 
 
 def _trt():
+    """The tensorrt module, after the same checks the export's report uses (GPU, package, version 10)."""
+    usable, why = tensorrt_status()
+    if not usable:
+        raise TunerError(f"TensorRT cannot build or run engines here: {why}.")
     try:
         import tensorrt as trt
-    except ImportError:
-        raise TunerError("TensorRT is not installed: pip install -r requirements-gpu.txt on a machine with an NVIDIA "
-                         "GPU.") from None
-    if not torch.cuda.is_available():
-        raise TunerError("TensorRT needs a CUDA GPU, and none is visible to PyTorch on this machine.")
-    if int(trt.__version__.split(".")[0]) >= TENSORRT_MAJOR_LIMIT:
-        raise TunerError(f"TensorRT {trt.__version__} is installed; tuner builds engines with TensorRT 10, whose FP16 "
-                         "and INT8 builder flags version 11 removed: pip install -r requirements-gpu.txt.")
+    except ImportError as exc:  # installed, but its CUDA libraries do not load
+        raise TunerError(f"tensorrt is installed but does not load ({exc}): pip install -r requirements-gpu.txt on "
+                         "a machine with an NVIDIA GPU.") from None
     return trt
 
 
