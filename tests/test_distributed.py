@@ -133,3 +133,25 @@ def test_the_torchrun_command_is_ready_to_paste():
     words = shlex.split(command)
     assert words[:4] == ["torchrun", "--nproc_per_node=8", "-m", "tuner"]
     assert config_from_args(build_parser().parse_args(words[4:])) == config.validate()
+
+
+@pytest.mark.parametrize("finished_cleanly", [True, False])
+def test_ending_the_process_group_meets_at_a_barrier_only_after_a_clean_finish(monkeypatch, finished_cleanly):
+    # The barrier lets gloo's worker threads release the last collective's tensors before the interpreter
+    # shuts down (else a rank can abort at exit, failing a finished job); after a failure it would wait
+    # for the failed rank until the timeout, so then the group is only destroyed.
+    import torch.distributed as dist
+
+    from tuner.runtime import Runtime, end_process_group
+
+    calls = []
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    runtime = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False, num_workers=0,
+                      rank=1, world_size=2, owns_process_group=True)
+    end_process_group(runtime, finished_cleanly)
+    assert calls == (["barrier", "destroy"] if finished_cleanly else ["destroy"])
+    calls.clear()
+    end_process_group(Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False, num_workers=0,
+                              rank=1, world_size=2, owns_process_group=False), True)
+    assert calls == []  # a group someone else started is theirs to end

@@ -38,7 +38,7 @@ from .evaluate import confusion_matrix, per_class_report
 from .features import FeatureStore, build_store, cache_folder, cache_key, check_plan_frozen, plan_cache
 from .model import (build_model, calibrate_batchnorm, count_parameters, forward_from, freeze, make_optimizer,
                     new_resnet50, parameter_groups, set_train_mode)
-from .runtime import Runtime, all_reduce_sum, barrier, setup_runtime, world_from_env
+from .runtime import Runtime, all_reduce_sum, barrier, end_process_group, setup_runtime, world_from_env
 from .weights import WeightsSource, resolve_weights
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -219,14 +219,15 @@ class _Run:
     # -- setup --
     def events(self) -> Iterator[Event]:
         lock = hold_run_lock(self.out) if world_from_env()[0] == 0 else None
+        finished_cleanly = False
         try:
             yield from self._events()
+            finished_cleanly = True
         finally:
             if lock is not None:
                 lock.close()  # closing the file releases the lock (so does the process ending)
-            if getattr(self, "runtime", None) is not None and self.runtime.owns_process_group:
-                import torch.distributed as dist
-                dist.destroy_process_group()
+            if getattr(self, "runtime", None) is not None:
+                end_process_group(self.runtime, finished_cleanly)
 
     def _events(self) -> Iterator[Event]:
         saved = self._load_resume_state()
@@ -494,7 +495,7 @@ class _Run:
                 yield Message("info", f"Early stopping: validation has not improved for {self.stale_epochs} epochs.")
                 yield self._finish("early_stopped", epoch + 1)
                 return
-            if self._stop_requested() and epoch + 1 < config.epochs:
+            if epoch + 1 < config.epochs and self._stop_requested():  # no collective after the last epoch
                 yield self._finish("stopped", epoch + 1)
                 return
         yield self._finish("completed", config.epochs)
