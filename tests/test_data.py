@@ -100,11 +100,53 @@ def test_junk_broken_and_hidden_files_are_skipped_and_counted(tmp_path):
     assert len(spec.train) + len(spec.val) == 8
     counts = spec.skipped.counts
     assert counts["hidden or system files"] == 2
+    assert counts["hidden or system folders"] == 1  # __MACOSX/ itself, not the file inside it
     assert counts["not images"] == 1
     assert counts["not an image"] == 1
     assert counts["corrupt or truncated"] == 1
-    assert "Skipped 5 files" in spec.skipped.summary()
+    assert "Skipped 5 files and 1 folder: " in spec.skipped.summary()
+    assert "__MACOSX/" in spec.skipped.summary()
     assert any("Skipped" in w for w in spec.warnings)
+
+
+def _train_val(root: Path) -> None:
+    make_image_folder(root / "train", {"a": 3, "b": 3})
+    make_image_folder(root / "val", {"a": 1, "b": 1}, seed=1)
+
+
+@pytest.mark.parametrize("build, hidden, images", [
+    # beside the class folders, inside one, and deeper in one
+    (lambda r: make_image_folder(r, {"a": 3, "b": 3}), [".git", "a/.thumbnails", "a/deep/@eaDir"], 6),
+    # beside train/ and val/, inside them, inside a class
+    (_train_val, [".git", "train/__MACOSX", "val/.cache", "train/b/.thumbnails"], 8),
+    # a macOS zip: __MACOSX/ beside the one wrapper folder that is looked through, and inside it
+    (lambda r: make_image_folder(r / "pets", {"a": 3, "b": 3}), ["__MACOSX", "pets/.idea"], 6),
+], ids=["class-folders", "train-val", "wrapper-folder"])
+def test_hidden_folders_are_counted_once_each_as_folders(tmp_path, build, hidden, images):
+    root = tmp_path / "d"
+    build(root)
+    for folder in hidden:
+        (root / folder).mkdir(parents=True)
+        for i in range(3):  # contents are not walked: each folder counts once, whatever it holds
+            Image.new("RGB", (8, 8)).save(root / folder / f"{i}.png")
+    spec = discover_dataset(root)
+    assert spec.classes == ["a", "b"]
+    assert spec.skipped.counts == {"hidden or system folders": len(hidden)}
+    assert sorted(spec.skipped.examples["hidden or system folders"]) == sorted(f + "/" for f in hidden)
+    assert f"Skipped {len(hidden)} folders: " in spec.skipped.summary()
+    used = [Path(s.path).relative_to(root).as_posix() for s in spec.train + spec.val]
+    assert len(used) == images and not any(u.startswith(f + "/") for u in used for f in hidden)
+
+
+def test_linked_folder_in_a_class_is_counted_as_a_link(tmp_path):
+    root = make_image_folder(tmp_path / "d", {"a": 3, "b": 3})
+    elsewhere = make_image_folder(tmp_path / "elsewhere", {"more": 2}) / "more"
+    (root / "a" / "more").symlink_to(elsewhere, target_is_directory=True)
+    spec = discover_dataset(root)
+    assert len(spec.train) + len(spec.val) == 6  # the linked images are not used ...
+    assert spec.skipped.counts == {"links": 1}  # ... and the user is told why
+    assert spec.skipped.examples["links"] == ["a/more/"]
+    assert spec.skipped.summary().startswith("Skipped 1 folder: 1 links (e.g. a/more/)")
 
 
 def test_imbalance_and_small_classes_are_warned_about(tmp_path):
@@ -182,6 +224,8 @@ def test_zip_dataset_is_extracted_and_discovered(tmp_path):
     archive = _zip(tmp_path / "pets.zip", entries)
     spec = prepare_dataset(archive, tmp_path / "work")
     assert spec.classes == ["cat", "dog"]
+    assert spec.skipped.counts == {"hidden or system folders": 1}  # __MACOSX/ beside the pets/ wrapper
+    assert spec.skipped.examples["hidden or system folders"] == ["__MACOSX/"]
     assert Path(spec.root).is_relative_to(tmp_path / "work")
     # A second call reuses the extracted copy instead of unpacking again.
     assert prepare_dataset(archive, tmp_path / "work").root == spec.root

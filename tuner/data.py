@@ -135,13 +135,19 @@ class Sample:
 
 @dataclass
 class SkipReport:
-    """Files left out of the dataset, counted by reason, with a few examples each."""
+    """Files and folders left out of the dataset, counted by reason, with a few examples each.
+
+    A skipped folder counts once, as a folder: its contents are never walked (a .git folder may
+    hold thousands of files), so the summary says how many of the entries are folders.
+    """
 
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    folders: int = 0
 
-    def add(self, reason: str, rel_path: str) -> None:
+    def add(self, reason: str, rel_path: str, folder: bool = False) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.folders += folder
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 5:
             self.examples[reason].append(rel_path)
@@ -154,7 +160,9 @@ class SkipReport:
         if not self.total:
             return "No files skipped."
         parts = [f"{n} {reason} (e.g. {', '.join(self.examples[reason][:2])})" for reason, n in self.counts.items()]
-        return f"Skipped {self.total} files: " + "; ".join(parts) + "."
+        files = self.total - self.folders
+        what = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((files, "file"), (self.folders, "folder")) if n]
+        return f"Skipped {' and '.join(what)}: " + "; ".join(parts) + "."
 
 
 @dataclass
@@ -193,6 +201,17 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
+def _folder_path(folder: Path, base: Path) -> str:
+    return f"{folder.relative_to(base).as_posix()}/"  # the slash tells a skipped folder from a file
+
+
+def _skip_hidden_dirs(folder: Path, base: Path, skipped: SkipReport) -> None:
+    """Count each hidden or system folder directly in `folder` (`_visible_dirs` leaves them out)."""
+    for p in sorted(folder.iterdir()):
+        if is_hidden(p.name) and p.is_dir():
+            skipped.add("hidden or system folders", _folder_path(p, base), folder=True)
+
+
 SPLIT_DIR_NAMES = ("train", "training", "test") + VAL_DIR_NAMES
 
 
@@ -220,10 +239,13 @@ def _find_named(folder: Path, names: Sequence[str]) -> Path | None:
 def discover_dataset(root: str | os.PathLike, val_ratio: float = 0.2, seed: int = 0,
                      check_images: bool = True) -> DatasetSpec:
     """Find classes and images under `root`, validate them, and split train/val if needed."""
-    root = Path(root)
+    root = top = Path(root)
     if not root.is_dir():
         raise TunerError(f"Dataset folder not found: {root}. Give a folder with one sub-folder per class "
                          "(or train/ and val/ folders of class sub-folders), or a .zip of one.")
+    # Skipped paths are named from the folder the user gave (for a zip: as inside the archive), so
+    # that folders left behind while looking through wrapper folders can be named too.
+    skipped = SkipReport()
     # A zip often wraps everything in one top folder: look through it.
     while True:
         dirs = _visible_dirs(root)
@@ -231,17 +253,18 @@ def discover_dataset(root: str | os.PathLike, val_ratio: float = 0.2, seed: int 
         if len(dirs) == 1 and not has_files and dirs[0].name.lower() not in ("train",) + VAL_DIR_NAMES:
             inner = _visible_dirs(dirs[0])
             if inner:
+                _skip_hidden_dirs(root, top, skipped)  # macOS zips put __MACOSX/ beside the wrapper
                 root = dirs[0]
                 continue
         break
 
-    skipped = SkipReport()
     train_dir = _split_folder(root)
     if train_dir is not None:
+        _skip_hidden_dirs(root, top, skipped)  # beside train/ and val/; class folders count their own
         val_dir = _find_named(root, VAL_DIR_NAMES)
-        train_files, classes = _scan_class_folders(train_dir, root, skipped)
+        train_files, classes = _scan_class_folders(train_dir, top, skipped)
         if val_dir is not None:
-            val_files, val_classes = _scan_class_folders(val_dir, root, skipped)
+            val_files, val_classes = _scan_class_folders(val_dir, top, skipped)
             if not val_classes:
                 raise TunerError(f"{val_dir.name}/ has no class folders: put validation images in "
                                  f"{val_dir.name}/<class>/, or remove {val_dir.name}/ to split {train_dir.name}/.")
@@ -258,13 +281,13 @@ def discover_dataset(root: str | os.PathLike, val_ratio: float = 0.2, seed: int 
         if loose and not _visible_dirs(root):
             raise TunerError(f"Images sit directly in {root.name}/ with no class folders: put each class's images "
                              "in its own sub-folder (e.g. data/cats/*.jpg, data/dogs/*.jpg).")
-        train_files, classes = _scan_class_folders(root, root, skipped)
+        train_files, classes = _scan_class_folders(root, top, skipped)
         val_files = {}
         layout = f"class folders, split {1 - val_ratio:.0%}/{val_ratio:.0%} into train/val"
 
     if check_images:
-        _drop_unreadable(train_files, root, skipped)
-        _drop_unreadable(val_files, root, skipped)
+        _drop_unreadable(train_files, top, skipped)
+        _drop_unreadable(val_files, top, skipped)
     classes = sorted(classes)
     empty = [c for c in classes if not train_files.get(c)]
     if len(classes) - len(empty) == 0:
@@ -296,10 +319,20 @@ def discover_dataset(root: str | os.PathLike, val_ratio: float = 0.2, seed: int 
 
 def _scan_class_folders(folder: Path, root: Path, skipped: SkipReport) -> tuple[dict[str, list[Path]], list[str]]:
     files: dict[str, list[Path]] = {}
+    _skip_hidden_dirs(folder, root, skipped)
     for class_dir in _visible_dirs(folder):
         found = []
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+            keep = []
+            for d in sorted(dirnames):
+                sub = Path(dirpath) / d
+                if is_hidden(d):
+                    skipped.add("hidden or system folders", _folder_path(sub, root), folder=True)
+                elif sub.is_symlink():  # os.walk lists linked folders but does not enter them
+                    skipped.add("links", _folder_path(sub, root), folder=True)
+                else:
+                    keep.append(d)
+            dirnames[:] = keep
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 rel = str(path.relative_to(root))
