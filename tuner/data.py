@@ -406,6 +406,13 @@ class ZipLimits:
     max_total_bytes: int = 4 << 30
     max_entries: int = 100_000
     max_ratio: float = 200.0  # uncompressed/compressed per entry; zip bombs go far beyond this
+    # ... but so do images with large flat areas (an uncompressed BMP or TIFF deflates up to ~1000x),
+    # so the ratio is only checked above this size. 256 MiB holds any 8-bit RGBA bitmap that
+    # load_rgb accepts (MAX_IMAGE_PIXELS x 4 bytes), so no usable image is refused for compressing
+    # well, while a blatant bomb (one entry of GBs of zeros) is still refused before anything is
+    # written. A bomb of many smaller entries is stopped by max_total_bytes, which extraction counts
+    # on the bytes really written.
+    ratio_floor_bytes: int = 256 << 20
 
 
 def check_zip_member(info: zipfile.ZipInfo, limits: ZipLimits) -> str | None:
@@ -423,7 +430,8 @@ def check_zip_member(info: zipfile.ZipInfo, limits: ZipLimits) -> str | None:
         return "is a symbolic link"
     if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded (Windows, writestr)
         return "is not a regular file"
-    if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
+    if (info.file_size > limits.ratio_floor_bytes and info.compress_size
+            and info.file_size / info.compress_size > limits.max_ratio):
         return f"expands {info.file_size / info.compress_size:.0f}x (more than {limits.max_ratio:.0f}x)"
     return None
 
