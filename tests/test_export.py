@@ -75,6 +75,14 @@ def test_pth_loads_strictly_into_plain_torchvision_and_gives_the_same_logits(exp
     assert meta["weights_source"] == state["weights_source"]
     assert meta["training_config"]["trainable"] == "head"
     assert meta["validation"]["epochs_trained"] == 2 and 0 <= meta["validation"]["best_val_acc"] <= 1
+    # The best epoch's loss and per-class metrics, copied from the checkpoint (all from the same epoch).
+    best = state["best_metrics"]
+    assert meta["validation"]["best_val_acc"] == best["accuracy"] and meta["validation"]["best_epoch"] == state["best_epoch"]
+    assert meta["validation"]["best_val_loss"] == pytest.approx(best["loss"]) and meta["validation"]["val_images"] > 0
+    per_class = meta["validation"]["per_class"]
+    assert [row["class"] for row in per_class] == state["classes"] + ["macro avg", "weighted avg"]
+    assert all(set(row) == {"class", "precision", "recall", "f1", "support"} for row in per_class)
+    assert [row["recall"] for row in per_class] == [round(row["recall"], 4) for row in best["per_class"]]
     assert {"tuner", "torch", "torchvision", "python"} <= set(meta["versions"])
 
 
@@ -153,10 +161,87 @@ def test_without_tensorrt_the_user_gets_the_reason_the_onnx_file_and_the_trtexec
 
 
 def test_trtexec_command_builds_the_same_dynamic_profile():
-    line = trtexec_command("my model.onnx", "out.engine", 224, int8=True, max_batch=16)
+    line = trtexec_command("my model.onnx", "out.engine", 224, max_batch=16)
     assert line.startswith("trtexec '--onnx=my model.onnx' --saveEngine=out.engine")
     assert "--minShapes=input:1x3x224x224 --optShapes=input:8x3x224x224 --maxShapes=input:16x3x224x224" in line
-    assert line.endswith("--fp16 --int8")
+    assert line.endswith("--fp16")
+
+
+@pytest.mark.skipif(TRT_READY, reason="this machine builds (and calibrates) the INT8 engine itself")
+def test_without_tensorrt_int8_is_never_handed_an_uncalibrated_trtexec_command(trained_run, tmp_path):
+    # trtexec --int8 without calibration data uses placeholder scales: an engine that runs but classifies poorly.
+    report = export_checkpoint(trained_run / "best.pt", "tensorrt", tmp_path, max_images=4, tensorrt_int8=True)
+    message = next(m for m in report.messages if "TensorRT" in m)
+    assert "trtexec --onnx=model.onnx" in message and "--int8" in message  # named, to say why it is left out
+    command = message.split("model.onnx: ", 1)[1].split(". ", 1)[0]
+    assert command.startswith("trtexec ") and command.endswith("--fp16") and "--int8" not in command
+    assert "placeholder scales" in message and "--trt-int8 on the GPU machine" in message
+
+
+def test_an_int8_engine_is_labelled_int8_and_judged_like_int8_onnx():
+    from tuner.export import TRT_MIN_AGREEMENT, compare, tensorrt_precision
+
+    reference = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    flipped = reference.clone()
+    flipped[0] = torch.tensor([0.0, 2.0])  # 75% agreement: a broken FP16 engine, a possible INT8 one
+    fp16, int8 = tensorrt_precision(False), tensorrt_precision(True)
+    assert fp16["label"] == "tensorrt fp16" and "FP16" in fp16["note"] and fp16["min_agreement"] == TRT_MIN_AGREEMENT
+    assert "int8" in int8["label"] and "INT8" in int8["note"] and "FP16 engine" not in int8["note"]
+    path = Path("model.engine")
+    assert not compare("tensorrt", path, reference, flipped, 4, None, int8["note"], fp16["min_agreement"])["passed"]
+    row = compare("tensorrt", path, reference, flipped, 4, None, int8["note"], int8["min_agreement"])
+    assert row["passed"] and row["top1_agreement"] == 0.75  # reported, like the INT8 ONNX row, not a failure
+
+
+@pytest.mark.parametrize("count, batches", [(3, 1), (8, 1), (19, 3)])
+def test_int8_calibration_always_hands_tensorrt_full_batches_of_every_image(count, batches):
+    from tuner.tensorrt_engine import calibration_batches
+
+    images = torch.arange(count, dtype=torch.float32).view(count, 1, 1, 1).expand(count, 3, 2, 2)
+    got = calibration_batches(images, 8)
+    assert len(got) == batches and all(b.shape == (8, 3, 2, 2) for b in got)  # the opt shape TensorRT reads
+    seen = torch.cat(got)[:, 0, 0, 0]
+    assert set(seen.tolist()) == set(range(count))  # every image is used, none invented
+    assert seen[:count].tolist() == list(range(count))  # in order; repeats only fill the end
+
+
+@pytest.mark.parametrize("images", [0, -3, 2.5, True])
+def test_an_impossible_image_count_is_refused_with_the_fix_before_anything_is_written(trained_run, tmp_path, images):
+    with pytest.raises(TunerError, match=r"at least 1.*--images 64"):
+        export_checkpoint(trained_run / "best.pt", "pth", tmp_path / "out", max_images=images)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_images_zero_is_one_clear_line(trained_run, tmp_path, capsys):
+    assert cli.main(["export", "--checkpoint", str(trained_run / "best.pt"), "--format", "pth",
+                     "--out", str(tmp_path / "out"), "--images", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--images" in err and "Traceback" not in err
+
+
+def test_speedups_compare_each_row_with_pytorch_eager_on_the_same_device():
+    from tuner.export import _add_speedups
+
+    def row(name, ms, per_s):
+        return {"format": name, "batch1_ms": ms, "batch": 16, "throughput_img_s": per_s}
+
+    rows = [row("pytorch (eager, cpu)", 100.0, 10.0), row("pytorch (eager, cuda)", 10.0, 400.0),
+            row("onnx (onnxruntime)", 50.0, 20.0), row("tensorrt fp16", 2.0, 1600.0)]
+    _add_speedups(rows, ["cpu", "cuda", "cpu", "cuda"])
+    speed = {r["format"]: (r["latency_speedup"], r["throughput_speedup"]) for r in rows}
+    assert speed == {"pytorch (eager, cpu)": (1.0, 1.0), "pytorch (eager, cuda)": (1.0, 1.0),
+                     "onnx (onnxruntime)": (2.0, 2.0), "tensorrt fp16": (5.0, 4.0)}  # not 50x against the CPU
+    cpu_only = rows[:1] + rows[2:3]
+    _add_speedups(cpu_only, ["cpu", "cpu"])  # no GPU: everything against CPU eager, as before
+    assert [(r["latency_speedup"], r["throughput_speedup"]) for r in cpu_only] == [(1.0, 1.0), (2.0, 2.0)]
+
+
+def test_model_json_of_an_older_checkpoint_without_best_metrics_keeps_the_history_summary():
+    from tuner.export import _model_json
+
+    state = {"classes": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.2] * 3,
+             "history": [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.75}]}
+    assert _model_json(state, "best.pt")["validation"] == {"best_val_acc": 0.75, "best_epoch": 2, "epochs_trained": 2}
 
 
 def test_tensorrt_11_is_named_as_the_missing_piece(monkeypatch):
@@ -184,7 +269,21 @@ def test_tensorrt_engine_is_built_and_agrees_with_pytorch(trained_run, tmp_path)
     row = rows_by_format(report)["tensorrt"]
     assert report.files["tensorrt"].is_file()
     assert row["passed"] and row["top1_agreement"] == 1.0 and row["max_abs_diff"] < 0.05  # FP16 activations
-    assert {"tensorrt fp16", "pytorch (eager, cuda)"} <= {r["format"] for r in report.speed}
+    speed = {r["format"]: r for r in report.speed}
+    assert {"tensorrt fp16", "pytorch (eager, cuda)"} <= set(speed)
+    assert speed["pytorch (eager, cuda)"]["latency_speedup"] == 1.0  # the engine's baseline is PyTorch on the GPU
+    assert any("same device" in m for m in report.messages)
+
+
+@pytest.mark.skipif(not TRT_READY, reason=f"TensorRT engine build needs tensorrt and a CUDA GPU: {TRT_MISSING}")
+def test_tensorrt_int8_engine_calibrates_on_fewer_images_than_a_batch_and_is_labelled_int8(trained_run, tmp_path):
+    report = export_checkpoint(trained_run / "best.pt", "tensorrt", tmp_path, benchmark=True, max_images=3,
+                               tensorrt_int8=True)  # 3 calibration images, opt batch 8
+    row = rows_by_format(report)["tensorrt"]
+    assert report.files["tensorrt"].is_file() and row["passed"] and "INT8" in row["note"]
+    speed = {r["format"] for r in report.speed}
+    assert "tensorrt int8+fp16" in speed and "tensorrt fp16" not in speed
+    assert "tensorrt int8+fp16" in {r["format"] for r in report.accuracy}  # judged by accuracy, like INT8 ONNX
 
 
 def odd_images(folder: Path) -> list[Path]:

@@ -31,18 +31,31 @@ def _trt():
     return trt
 
 
-def _calibrator(trt, images: torch.Tensor, batch: int = 8):
-    """INT8 entropy calibration over the user's own images."""
+def calibration_batches(images: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """The calibration images as full batches of exactly `batch`, repeating images where there are too few.
+
+    TensorRT calibrates at the calibration profile's opt shape and reads batch x 3 x S x S floats from
+    each pointer get_batch returns: a shorter batch would make it read past the buffer. So fewer
+    images than `batch` are repeated, and a last partial batch is filled from the start (every image
+    is used; a few count twice in the activation histograms, which only nudges the scales). `images`
+    is not empty (build_engine checks).
+    """
+    total = -(-len(images) // batch) * batch
+    return list(images[torch.arange(total) % len(images)].split(batch))
+
+
+def _calibrator(trt, images: torch.Tensor, batch: int):
+    """INT8 entropy calibration over the user's own images, `batch` (the profile's opt batch) at a time."""
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
-            self.batches = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)] or [images]
+            self.batches = calibration_batches(images, batch)
             self.index = 0
             self.on_device = None  # kept alive while TensorRT reads it
 
         def get_batch_size(self) -> int:
-            return len(self.batches[0])
+            return batch
 
         def get_batch(self, names):
             if self.index >= len(self.batches):
@@ -85,7 +98,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, i
         if calibration is None or not len(calibration):
             raise TunerError("INT8 TensorRT needs calibration images: export with --data pointing at your dataset.")
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(trt, calibration)
+        config.int8_calibrator = _calibrator(trt, calibration, batch=profile[1])  # the calibration profile's opt
         config.set_calibration_profile(opt_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
