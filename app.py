@@ -24,7 +24,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME"),
                    help="interface to serve on (default 127.0.0.1; 0.0.0.0 for every interface, as in Docker)")
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", 7860)))
-    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    p.add_argument("--share", action="store_true", default=env.get("GRADIO_SHARE", "").lower() == "true",
+                   help="also serve through a public gradio.live link (default: $GRADIO_SHARE)")
     p.add_argument("--auth", help="user:pass required to open the studio")
     p.add_argument("--workdir", help="where session workspaces live (default: the system temp dir)")
     p.add_argument("--max-upload-mb", type=int, default=int(env.get("TUNER_MAX_UPLOAD_MB", 500)))
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(args)
     demo = build_app(settings)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo.launch(server_name=host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs(settings))
+    demo.launch(server_name=host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs(demo))
     return 0
 
 

@@ -38,7 +38,7 @@ def studio(tmp_path_factory):
     demo = build_app(settings)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_kwargs(settings))
+                **launch_kwargs(demo))
     demo.url = f"http://127.0.0.1:{port}/"
     yield demo
     demo.close()
@@ -181,3 +181,34 @@ def test_errors_reach_the_user_as_one_message_with_the_fix_and_no_server_paths(s
     with pytest.raises(Exception) as err:
         c.predict(epochs=2, head_epochs=2, trainable="layer4", **FAST, api_name="/train")
     assert "head_epochs=2 leaves no epoch to fine-tune" in error_text(err.value)
+
+
+def test_a_server_folder_outside_the_servers_own_folders_can_be_evaluated(studio, tmp_path, monkeypatch):
+    # Gradio serves files only from the working directory, the temp dir and `allowed_paths`; a user's
+    # folder (or the demo set in ~/.cache/tuner) is usually elsewhere. Here the temp dir moves away
+    # from the data, so returning the data's own paths would fail; thumbnails and the workspace (an
+    # allowed path, like --workdir anywhere) must still reach the client.
+    import tempfile
+
+    from PIL import Image
+
+    data = tmp_path / "outside" / "twins"
+    for name in ("left", "right"):  # identical pictures in both classes: some are surely misclassified
+        (data / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), (90, 120, 150)).save(data / name / f"{i}.png")
+    elsewhere = tmp_path / "server-tmp"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    assert not Path(tempfile.gettempdir()) in data.parents and ROOT not in data.parents
+
+    c = client(studio)
+    summary = c.predict("Folder on this server", None, str(data), 0.5, api_name="/load_data")[0]
+    assert "2 classes" in summary
+    status, curves, log, checkpoint = c.predict(epochs=1, augment_preset="none", **FAST, api_name="/train")
+    assert "Finished" in status and Path(checkpoint).name == "best.pt"
+    accuracy, confusion, per_class, mistakes = c.predict(api_name="/evaluate")
+    wrong = int(re.search(r"(\d+) misclassified", accuracy).group(1))
+    assert wrong >= 1 and len(mistakes) == wrong
+    assert all(Path(item["image"]).is_file() for item in mistakes)  # copies in the client's download folder
+    assert {item["caption"].split(" → ")[0] for item in mistakes} <= {"left", "right"}

@@ -54,7 +54,7 @@ def studio_url(tmp_path, monkeypatch):
     demo = build_app(settings)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_kwargs(settings))
+                **launch_kwargs(demo))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -199,5 +199,6 @@ def test_newcomer_goes_from_data_to_prediction_by_clicking(studio_url, page):
     expect(verification).to_contain_text("model.onnx", timeout=TRAIN_MS)
     expect(verification).to_contain_text("matches")
     expect(page.locator("#export-files")).to_contain_text(re.compile(r"model\s*\.onnx"))
+    expect(page.locator("#export-messages")).to_contain_text("Speed not measured")  # the empty table says why
     no_error_shown(page)
     shot(page, "6-export")

@@ -27,14 +27,20 @@ def pick_samples(spec: DatasetSpec, per_class: int = 3) -> list[Sample]:
     return picked
 
 
+def thumbnail(path: str, size: int = 160) -> Image.Image:
+    """The image as training reads it (RGB, EXIF-rotated), shrunk to fit `size` x `size`.
+
+    Galleries get pictures, not the dataset's file paths: a web server may serve only files from its
+    own folders, and a user's data (or the demo set in the tuner cache) lies elsewhere.
+    """
+    img = load_rgb(path)
+    img.thumbnail((size, size))
+    return img
+
+
 def sample_grid(spec: DatasetSpec, per_class: int = 3, thumb: int = 160) -> list[Captioned]:
     """Thumbnails of the picked samples, captioned with their class."""
-    out = []
-    for sample in pick_samples(spec, per_class):
-        img = load_rgb(sample.path)
-        img.thumbnail((thumb, thumb))
-        out.append((img, spec.classes[sample.label]))
-    return out
+    return [(thumbnail(sample.path, thumb), spec.classes[sample.label]) for sample in pick_samples(spec, per_class)]
 
 
 def to_display(x: torch.Tensor) -> Image.Image:

@@ -54,7 +54,12 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
     return demo
 
 
-def launch_kwargs(settings: StudioSettings) -> dict:
-    """What `demo.launch()` needs besides host/port/auth: the theme, styles and upload cap."""
+def launch_kwargs(demo: gr.Blocks) -> dict:
+    """What `demo.launch()` needs besides host/port/auth: the theme, styles, upload cap, and the folder
+    of this app's session workspaces as a place Gradio may serve files from (checkpoints, exports).
+
+    Gradio serves only files under the working directory, the temp dir or `allowed_paths`; `--workdir`
+    may be elsewhere. Session folders are random 128-bit names, so no one reaches another's files."""
+    studio = demo.studio
     return {"theme": gr.themes.Soft(), "css_paths": [CSS_FILE] if CSS_FILE.is_file() else None,
-            "max_file_size": f"{settings.max_upload_mb}mb"}
+            "max_file_size": f"{studio.settings.max_upload_mb}mb", "allowed_paths": [str(studio.registry.root)]}

@@ -6,6 +6,7 @@ import gradio as gr
 
 from ..evaluate import evaluate_checkpoint
 from ..plots import confusion_heatmap
+from ..preview import thumbnail
 from .common import HEAVY, Studio, user_facing
 
 MAX_MISTAKES_SHOWN = 48
@@ -35,7 +36,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
         text = (f"**Validation accuracy {result.accuracy:.1%}** on {len(result.labels)} images "
                 f"(loss {result.loss:.3f}); {len(wrong)} misclassified. Checkpoint: "
                 f"`{workspace.relative(checkpoint)}`.")
-        gallery = [(m["path"], f"{m['true']} → {m['predicted']} ({m['confidence']:.0%})")
+        gallery = [(thumbnail(m["path"], 256), f"{m['true']} → {m['predicted']} ({m['confidence']:.0%})")
                    for m in wrong[:MAX_MISTAKES_SHOWN]]
         table = result.report().round(3)
         return text, confusion_heatmap(result.confusion.tolist(), result.classes), table, gallery

@@ -78,7 +78,10 @@ def build(studio: Studio, heavy_limit: int) -> dict:
         if failed:
             notes.insert(0, f"**{', '.join(failed)} did not match PyTorch**: see the table, and do not deploy it.")
         shown = [str(path) for path in report.files.values() if path and path.is_file()]
-        return (markdown_list(notes, "All chosen formats were built and verified against PyTorch."),
+        text = markdown_list(notes, "All chosen formats were built and verified against PyTorch.")
+        if not measure:  # say why the speed table is empty
+            text += "\n\nSpeed not measured: tick “Measure speed” and export again to time each format."
+        return (text,
                 verification_table(report.verification), speed_table(report.speed),
                 pd.DataFrame(report.accuracy).assign(accuracy=lambda t: t["accuracy"].map("{:.1%}".format)), shown)
 

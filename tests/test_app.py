@@ -1,0 +1,69 @@
+"""app.py, the studio's entry point: importing it starts nothing, and its flags and the GRADIO_* /
+Spaces variables decide where it serves and whether it counts as shared (no server folders)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def app(monkeypatch):
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "GRADIO_SHARE", "SPACE_ID", "TUNER_MAX_UPLOAD_MB",
+                 "TUNER_HEAVY_JOBS"):
+        monkeypatch.delenv(name, raising=False)
+    sys.path.insert(0, str(ROOT))
+    import app as module
+
+    yield module
+    sys.path.remove(str(ROOT))
+
+
+def test_importing_app_builds_and_serves_nothing(tmp_path):
+    # A fresh interpreter: no Blocks made, no server thread, no workspace folder created.
+    code = ("import sys, threading; sys.path.insert(0, %r); import app; import gradio as gr; "
+            "assert not [t for t in threading.enumerate() if t is not threading.main_thread()], threading.enumerate(); "
+            "assert gr.context.Context.root_block is None; print('ok')") % str(ROOT)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TUNER_STUDIO_DIR": str(tmp_path / "studio"),
+           "GRADIO_ANALYTICS_ENABLED": "False", "TUNER_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    assert not (tmp_path / "studio").exists()
+
+
+def test_local_by_default_shared_when_exposed(app, monkeypatch):
+    local = app.settings_from(app.parse_args([]))
+    assert local.shared is False and app.parse_args([]).port == 7860
+    for argv in (["--host", "0.0.0.0"], ["--share"]):
+        assert app.settings_from(app.parse_args(argv)).shared is True, argv
+    assert app.settings_from(app.parse_args(["--host", "0.0.0.0", "--server-folders", "on"])).shared is False
+    assert app.settings_from(app.parse_args(["--server-folders", "off"])).shared is True
+
+
+@pytest.mark.parametrize("variable, value", [("GRADIO_SHARE", "True"), ("GRADIO_SERVER_NAME", "0.0.0.0"),
+                                             ("SPACE_ID", "someone/tuner")])
+def test_gradio_and_spaces_variables_count_as_shared(app, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    args = app.parse_args([])
+    assert app.settings_from(args).shared is True
+    if variable == "GRADIO_SHARE":
+        assert args.share is True  # passed to launch(), which would otherwise override the variable
+
+
+def test_settings_from_flags_and_variables(app, monkeypatch):
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
+    monkeypatch.setenv("TUNER_MAX_UPLOAD_MB", "64")
+    args = app.parse_args(["--heavy-jobs", "2", "--workdir", "/srv/tuner", "--session-ttl-min", "30"])
+    settings = app.settings_from(args)
+    assert args.port == 8123
+    assert (settings.max_upload_mb, settings.heavy_jobs, settings.workdir, settings.session_ttl_min) == (
+        64, 2, "/srv/tuner", 30)
+
+
+def test_auth_without_a_password_is_refused_with_the_form(app, capsys):
+    assert app.main(["--auth", "alice"]) == 2
+    assert "--auth needs user:pass" in capsys.readouterr().err
