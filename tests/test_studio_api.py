@@ -107,6 +107,9 @@ def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio):
     deadline = time.time() + 120
     while not any("Training: epoch" in (out[0] or "") for out in job.outputs()) and time.time() < deadline:
         time.sleep(0.1)
+    with pytest.raises(Exception) as err:  # other data now would orphan the running job's outputs
+        load(c)
+    assert "A job is running in this session" in error_text(err.value)
     c.predict(api_name="/stop")
     status, curves, log, checkpoint = job.result(timeout=120)
     assert "Stopped on request" in status

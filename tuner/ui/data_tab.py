@@ -20,6 +20,9 @@ FOLDER = "Folder on this server"
 
 def load_spec(studio: Studio, workspace, source: str, zip_file, folder: str, val_ratio: float, seed: int) -> DatasetSpec:
     """Point the workspace at a dataset and check it; nothing changes in the workspace if it fails."""
+    if workspace.busy:  # the running job's outputs (run folder, classes) must stay as it started
+        raise TunerError("A job is running in this session (training, evaluation or export): wait for it to "
+                         "finish or press Stop, then load other data.")
     if source == DEMO:
         data_source, label = "demo", "the built-in demo dataset"
     elif source == ZIP:
