@@ -5,9 +5,24 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TUNER_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
+# The pinned torch wheels are built for Python 3.11: say so now rather than fail deep inside pip.
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+  echo "tuner needs Python 3.11 (found: $("$PY" --version 2>/dev/null | head -1 || true)). Install it (Debian/Ubuntu:" \
+       "sudo apt-get install python3.11 python3.11-venv) or set PYTHON=/path/to/python3.11." >&2
+  return 1 2>/dev/null || exit 1
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "Creating virtual environment in $VENV ($("$PY" --version))" >&2
-  "$PY" -m venv "$VENV"
+  if ! "$PY" -m venv "$VENV" 2>/dev/null; then
+    # Debian and Ubuntu ship venv's pip bootstrap separately (python3.11-venv).
+    rm -rf "$VENV"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "Installing python3.11-venv (needed to create virtual environments)" >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-venv) >/dev/null 2>&1 || true
+    fi
+    "$PY" -m venv "$VENV" || { echo "Could not create $VENV: install python3.11-venv" \
+      "(sudo apt-get install python3.11-venv) and run this again." >&2; rm -rf "$VENV"; return 1 2>/dev/null || exit 1; }
+  fi
 fi
 # --no-cache-dir: torch's CUDA build is ~5.5 GB installed; a second copy of its wheels in pip's cache
 # is what ran a CI machine out of disk. A reinstall downloads again instead.
