@@ -307,6 +307,18 @@ def test_two_ranks_with_half_batches_see_the_global_batch():
         assert sorted(b0 + b1) == sorted(global_batch) or len(global_batch) < 6  # the last one is padded
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_two_ranks_draw_exactly_the_global_batches_shuffled_or_class_balanced(balanced):
+    # 24 samples, global batch 6: no padding, so every global batch must be the union of the ranks'.
+    labels = [0] * 18 + [1] * 4 + [2] * 2
+    whole = EpochBatchSampler(labels, 6, seed=3, balanced=balanced)
+    ranks = [EpochBatchSampler(labels, 3, seed=3, balanced=balanced, rank=r, world_size=2) for r in (0, 1)]
+    for epoch in (0, 1):
+        pairs = list(zip(ranks[0].batches(epoch), ranks[1].batches(epoch)))
+        assert len(pairs) == len(whole.batches(epoch)) == 4
+        assert [sorted(b0 + b1) for b0, b1 in pairs] == [sorted(b) for b in whole.batches(epoch)]
+
+
 def test_sampler_resumes_mid_epoch_and_drops_a_lone_last_image():
     sampler = EpochBatchSampler([0, 1] * 5 + [0], 5, seed=0)  # 11 samples: 5, 5, 1 -> the 1 is dropped
     assert [len(b) for b in sampler.batches(0)] == [5, 5]
