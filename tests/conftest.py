@@ -1,7 +1,9 @@
 """Shared test setup: every test runs offline, with its caches in temporary folders.
 
 Nothing here downloads: the "pretrained" path is exercised with a weights file that a fixture
-writes into a temporary TORCH_HOME under torchvision's real file name.
+writes into a temporary TORCH_HOME of its own under torchvision's real file name. Every other test
+sees the session's empty hub cache, so the offline fallback to random initialisation is what they get,
+whatever order the tests run in.
 """
 
 from __future__ import annotations
@@ -78,22 +80,27 @@ def tiny_dataset(tmp_path) -> Path:
     return make_image_folder(tmp_path / "data", {"red": 6, "green": 6, "blue": 6})
 
 
-@pytest.fixture(scope="session")
-def imagenet_weights_file() -> Path:
-    """A ResNet50 state_dict saved under torchvision's file name in the test TORCH_HOME hub cache.
+@pytest.fixture
+def imagenet_weights_file(monkeypatch) -> Path:
+    """A ResNet50 state_dict saved under torchvision's file name, in a hub cache only this test sees.
 
     Its values are random (no download is possible here) but its names and shapes are the real
-    ones, so every code path that reads pretrained weights runs for real.
+    ones, so every code path that reads pretrained weights runs for real. TORCH_HOME points at the
+    stand-in's own folder for the asking test alone (and the subprocesses it starts): written into
+    the session's shared cache, it would turn every later test's default weights="imagenet" into
+    "pretrained" and make results depend on test order. The file is written once per session.
     """
     from torchvision.models import resnet50
 
     from tuner.weights import IMAGENET_FILENAME, hub_checkpoint_dir
 
+    monkeypatch.setenv("TORCH_HOME", str(_SESSION_TMP / "torch-home-imagenet-stand-in"))
     path = hub_checkpoint_dir() / IMAGENET_FILENAME
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(1234)
-        torch.save(resnet50(weights=None).state_dict(), path)
+        with torch.random.fork_rng(devices=[]):  # the same file every time; the tests' generator is untouched
+            torch.manual_seed(1234)
+            torch.save(resnet50(weights=None).state_dict(), path)
     return path
 
 

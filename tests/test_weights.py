@@ -26,6 +26,14 @@ def test_hub_cache_is_used_when_the_file_is_there(imagenet_weights_file):
     assert imagenet_weights_file.parent == Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
 
 
+def test_tests_without_the_stand_in_see_an_empty_hub_cache():
+    # The stand-in ImageNet file lives in a TORCH_HOME of its own, set only for the tests that ask for
+    # it: here, in any test order, the default weights are the offline fallback.
+    source = W.resolve_weights("imagenet")
+    assert source.kind == "random" and not source.pretrained
+    assert not (W.hub_checkpoint_dir() / W.IMAGENET_FILENAME).exists()
+
+
 def test_offline_without_cache_falls_back_to_random_and_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     called = []
@@ -104,6 +112,21 @@ def test_state_dict_formats_are_all_read(tmp_path):
         assert "[1000, 2048] in file, [5, 2048] in model" in dict(report.skipped)["fc.weight"]
         assert report.missing == ["fc.weight", "fc.bias"]
         assert torch.equal(built.model.layer4[2].conv3.weight, state["layer4.2.conv3.weight"])
+
+
+def test_a_file_without_batchnorm_counters_reports_nothing_missing(tmp_path):
+    # Older torchvision files have no num_batches_tracked buffers: step counters, not weights, so
+    # their absence is not worth a line in the report.
+    state = {k: v for k, v in resnet50(weights=None).state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) == 320 - 53
+    torch.save(state, tmp_path / "old.pth")
+    model = resnet50(weights=None)
+    report = W.apply_state_dict(model, W.read_state_dict(tmp_path / "old.pth"))
+    assert report.missing == [] and report.skipped == [] and len(report.loaded) == len(state)
+    assert "missing (kept" not in report.summary()
+    assert torch.equal(model.layer4[2].conv3.weight, state["layer4.2.conv3.weight"])
+    five = build_model(5, W.resolve_weights(str(tmp_path / "old.pth"))).report  # a new head: only it is missing
+    assert five.missing == ["fc.weight", "fc.bias"]
 
 
 def test_unrelated_or_broken_files_are_refused(tmp_path):

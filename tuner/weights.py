@@ -196,7 +196,10 @@ def apply_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], n
         else:
             matched[key] = value
             report.loaded.append(key)
-    report.missing = [k for k in own if k not in matched]
+    # BatchNorm's num_batches_tracked is a step counter, not a weight (it only matters with momentum=None,
+    # which ResNet50 does not use), and older torchvision files lack it: reporting its 53 absences as
+    # "missing" would bury the tensors that really are.
+    report.missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
     if not matched:
         raise TunerError(f"No tensor in {name} matches ResNet50 by name and shape: is it a ResNet50 state_dict?")
     model.load_state_dict(matched, strict=False)
