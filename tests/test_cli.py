@@ -60,10 +60,32 @@ def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset):
     assert len(report["confusion_matrix"]) == 3
 
 
+def test_offline_training_without_weights_says_so_on_stderr(tmp_path, tiny_dataset, monkeypatch):
+    from tuner.weights import IMAGENET_FILENAME, IMAGENET_URL
+
+    empty = tmp_path / "empty-torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(empty))  # nothing cached; TUNER_OFFLINE=1 from conftest
+    assert os.environ["TUNER_OFFLINE"] == "1"
+    out = tmp_path / "run"
+    result = tuner("train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", "--image-size",
+                   str(TINY_SIZE), "--batch-size", "4", "--augment", "none")
+    assert result.returncode == 0, result.stderr
+    assert "Weights: random initialisation (see the warning below)" in result.stderr
+    warning = next(line for line in result.stderr.splitlines() if line.startswith("warning: No pretrained weights"))
+    looked_in = str(empty / "hub" / "checkpoints")
+    assert IMAGENET_FILENAME in warning and looked_in in warning  # which file, and where it was looked for
+    assert "TUNER_OFFLINE=1" in warning  # why nothing was downloaded
+    assert f"To fix: copy {IMAGENET_FILENAME} (from {IMAGENET_URL}) into {looked_in}" in warning
+    assert "Completed" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())  # the run's record says it too
+    assert metrics["weights"]["kind"] == "random" and IMAGENET_FILENAME in metrics["weights"]["message"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "/no/such/folder", "--out", "OUT"], "Dataset folder not found"),
     (["train", "--epochs", "0", "--out", "OUT"], "at least 1 epoch"),
     (["train", "--trainable", "layer4", "--backbone-lr-mult", "0", "--out", "OUT"], "trainable='head'"),
+    (["train", "--backbone-lr-mult", "-1", "--out", "OUT"], "use 0 or more"),
     (["predict", "--checkpoint", "/no/such.pt", "x.png"], "Checkpoint not found"),
     (["predict", "x.png"], "--checkpoint FILE"),
     (["evaluate", "--checkpoint", "/no/such.pt"], "Checkpoint not found"),

@@ -165,7 +165,8 @@ class TrainConfig:
             raise TunerError(f"lr={self.lr}: the learning rate must be above 0 (try {DEFAULT_LR[self.optimizer]}).")
         if self.backbone_lr_mult is not None:
             if self.backbone_lr_mult < 0:
-                raise TunerError(f"backbone_lr_mult={self.backbone_lr_mult}: use a value from 0 to 1.")
+                raise TunerError(f"backbone_lr_mult={self.backbone_lr_mult}: use 0 or more (the backbone learns at "
+                                 "lr x this; 0.1 is usual over pretrained weights, 1 trains it as fast as the head).")
             if self.backbone_lr_mult == 0 and self.trainable != "head":
                 raise TunerError(f"backbone_lr_mult=0 with trainable={self.trainable!r} would unfreeze stages that "
                                  "never change: use trainable='head' to train only the head, or a multiplier "
