@@ -172,6 +172,51 @@ def test_two_stage_recipe_trains_the_head_then_unfreezes(tmp_path, tiny_dataset)
     assert len(history) == 2
 
 
+def test_two_stage_recipe_keeps_the_backbone_then_trains_it_at_the_backbone_rate(tmp_path, tiny_dataset,
+                                                                                  imagenet_weights_file):
+    # Plain SGD (no momentum, no decay, constant rate) with the whole training set in one batch: each
+    # epoch is one step, and stage 2's step moves a weight by exactly -rate x gradient. Two runs that
+    # differ only in backbone_lr_mult reach stage 2 in the same state, so their backbone steps must
+    # differ by the ratio of the multipliers. feature_cache="off": stage 1 runs the backbone every batch.
+    common = dict(weights="imagenet", trainable="layer4", head_epochs=1, epochs=2, optimizer="sgd", lr=0.1,
+                  momentum=0.0, weight_decay=0.0, scheduler="none", batch_size=32, feature_cache="off")
+    original = torch.load(imagenet_weights_file, weights_only=True)
+
+    def run(name, **overrides):
+        """(state after the head-only epoch 1, state after epoch 2, training steps per epoch)"""
+        first, steps = None, set()
+        for event in train(tiny_config(tmp_path / name, tiny_dataset, **common, **overrides)):
+            if isinstance(event, Progress) and event.phase == "train":
+                steps.add(event.steps)
+            if isinstance(event, CheckpointSaved) and event.kind == "last" and first is None:
+                first = load_checkpoint(event.path)
+        return first, load_checkpoint(tmp_path / name / "last.pt"), steps
+
+    first, final, steps = run("default")  # the pretrained default: backbone at 0.1 x lr
+    assert steps == {1} and first["epoch"] == 1 and final["epoch"] == 2
+    assert first["weights_source"]["pretrained"]
+    backbone = [k for k in original if not k.startswith("fc.")]
+    for key in backbone:  # the head-only stage changes no backbone weight nor BatchNorm statistic
+        assert torch.equal(first["model_state"][key], original[key]), key
+    lrs = {g["name"]: g["lr"] for g in final["optimizer_state"]["param_groups"]}
+    assert lrs == {"head": 0.1, "head (no decay)": 0.1, "backbone": pytest.approx(0.01),
+                   "backbone (no decay)": pytest.approx(0.01)}
+    assert final["history"][1]["lr"] == 0.1  # the history records the head's rate
+
+    first_1x, final_1x, _ = run("same-rate", backbone_lr_mult=1.0)
+    for key in backbone + ["fc.weight", "fc.bias"]:  # same stage 1, so stage 2 starts from the same place
+        assert torch.equal(first_1x["model_state"][key], first["model_state"][key]), key
+    for key in ("layer4.0.conv1.weight", "layer4.2.bn3.weight", "layer4.2.bn3.bias"):
+        step = final["model_state"][key] - first["model_state"][key]
+        step_1x = final_1x["model_state"][key] - first_1x["model_state"][key]
+        assert step.abs().max() > 0, key  # stage 2 trains layer4
+        # Float rounding leaves ~2e-4 of relative difference; a wrong rate (1x, 0.01x) leaves 0.9 or more.
+        assert (step_1x - 10 * step).norm() <= 1e-2 * step_1x.norm(), key  # at 0.1 x the 1x run's rate
+    for key in ("layer3.5.conv3.weight", "conv1.weight"):  # stages before layer4 stay frozen in stage 2
+        assert torch.equal(final["model_state"][key], original[key]), key
+    assert torch.allclose(final_1x["model_state"]["fc.weight"], final["model_state"]["fc.weight"])  # head: same rate
+
+
 def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, tiny_dataset):
     config = tiny_config(tmp_path / "run", tiny_dataset, epochs=6, lr=1e-12, early_stopping=2, scheduler="none")
     finished = run_to_end(config)
