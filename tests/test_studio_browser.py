@@ -46,8 +46,8 @@ def studio_url(tmp_path, monkeypatch):
     from tuner.ui import build_app, launch_kwargs
     from tuner.ui.common import StudioSettings
 
-    # An empty hub cache of its own: other tests may have written a stand-in ImageNet file into the
-    # session's TORCH_HOME, and this test shows what a newcomer sees offline with nothing cached.
+    # An empty hub cache of its own: this test shows what a newcomer sees offline with nothing cached,
+    # whatever else has run in this session.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
 
     settings = StudioSettings(workdir=str(tmp_path / "sessions"))
@@ -155,6 +155,7 @@ def test_newcomer_goes_from_data_to_prediction_by_clicking(studio_url, page):
     torchrun = page.locator("#torchrun-command")
     expect(torchrun).to_contain_text("torchrun --nproc_per_node=NUM_GPUS -m tuner train")
     expect(torchrun).to_contain_text(f"--image-size {TINY_SIZE}")
+    expect(torchrun).to_contain_text(re.compile(r"--rdzv_endpoint=HOST:29500 -m tuner train .*--image-size"))
     page.locator("#train-start").click()
     status = page.locator("#train-status")
     expect(status).to_contain_text("Finished", timeout=TRAIN_MS)

@@ -294,9 +294,10 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
         config = form.config(values, data=data, out="runs/my-model", weights=weights, val_ratio=float(val_ratio))
         single = command_for(config)
         multi = command_for(config, launcher="torchrun --nproc_per_node=NUM_GPUS -m tuner")
-        multi += ("\n# across machines: torchrun --nnodes=2 --node_rank=0|1 --rdzv_backend=c10d "
-                  "--rdzv_endpoint=HOST:29500 --nproc_per_node=NUM_GPUS -m tuner train ...")
-        return single, multi
+        across = command_for(config, launcher="torchrun --nnodes=2 --node_rank=NODE_RANK --nproc_per_node=NUM_GPUS "
+                                              "--rdzv_backend=c10d --rdzv_endpoint=HOST:29500 -m tuner")
+        return single, (f"{multi}\n# across 2 machines: run this on each with NODE_RANK 0 and 1 (the data, --out "
+                        f"and the weights on every node)\n{across}")
 
     outputs = [status, curves, log, checkpoint]
     return {"form": form, "start": start, "stop": stop, "resume": resume, "outputs": outputs,
