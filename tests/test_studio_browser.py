@@ -203,3 +203,34 @@ def test_newcomer_goes_from_data_to_prediction_by_clicking(studio_url, page):
     expect(page.locator("#export-messages")).to_contain_text("Speed not measured")  # the empty table says why
     no_error_shown(page)
     shot(page, "6-export")
+
+
+def test_stop_cancels_a_start_that_waits_behind_another_sessions_training(studio_url, page):
+    # One heavy job at a time (the default): B's Start waits in the queue while A trains. Stop in B
+    # must cancel that waiting run, not answer "nothing is running" and let it start later.
+    a = page
+    b = page.context.browser.new_page(viewport={"width": 1280, "height": 800})  # another session
+    b.set_default_timeout(PAGE_MS)
+    b.uncaught = []
+    b.on("pageerror", lambda exc: b.uncaught.append(str(exc)))
+    for p in (a, b):
+        p.goto(studio_url)
+        open_tab(p, "Train")
+        set_slider(p, "Image size (px)", TINY_SIZE)
+    set_slider(a, "Epochs", 30)
+    a.locator("#train-trainable").get_by_test_id("layer4 + head-radio-label").click()  # every batch trains layer4
+    a.locator("#train-start").click()
+    expect(a.locator("#train-status")).to_contain_text("Training: epoch", timeout=TRAIN_MS)
+    no_error_shown(a)
+
+    b.locator("#train-start").click()
+    b.wait_for_timeout(1_000)  # its job is queued now (A holds the only slot)
+    b.locator("#train-stop").click()
+    expect(b.locator("#train-status")).to_contain_text("will not start")
+    a.locator("#train-stop").click()
+    expect(a.locator("#train-status")).to_contain_text("Stopped on request", timeout=TRAIN_MS)
+    # B's turn came and went: it did not train.
+    expect(b.locator("#train-status")).to_contain_text("Stopped before it started", timeout=TRAIN_MS)
+    expect(b.locator("#train-log textarea")).to_have_value("")
+    no_error_shown(a)
+    no_error_shown(b)

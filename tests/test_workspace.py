@@ -89,3 +89,18 @@ def test_run_folders_are_numbered_and_checkpoint_prefers_best(tmp_path):
     assert workspace.checkpoint() == first / "best.pt"
     assert workspace.new_run_dir().name == "run-2"
     assert workspace.scrub(f"saved {first / 'best.pt'}") == "saved runs/run-1/best.pt"
+
+
+def test_stop_cancels_a_start_still_waiting_in_the_queue_and_only_that_one(tmp_path):
+    workspace = WorkspaceRegistry(tmp_path).get("tab")
+    assert workspace.cancel_queued_start() is False  # nothing pressed: nothing to cancel
+    workspace.start_queued()  # Start pressed; the job waits behind other sessions' jobs
+    assert workspace.cancel_queued_start() is True  # Stop pressed meanwhile
+    with workspace.job():
+        assert workspace.begin_queued_start() is False  # its turn came: it must not run
+    workspace.start_queued()  # the next Start is not affected by the earlier Stop
+    with workspace.job():
+        assert workspace.begin_queued_start() is True
+        assert workspace.cancel_queued_start() is False  # running now: Stop uses the stop flag instead
+    with workspace.job():
+        assert workspace.begin_queued_start() is True  # an API call that never waited starts as usual

@@ -49,6 +49,11 @@ class Workspace:
     history_before: list[dict] = field(default_factory=list)  # epochs of the run before a resume
     closed: bool = False
     _busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # A Start that waits in the queue for a free slot (other sessions' jobs), and whether Stop was
+    # pressed meanwhile: then that run must not begin when its turn comes.
+    _waiting: bool = field(default=False, repr=False)
+    _cancel_waiting: bool = field(default=False, repr=False)
+    _flags: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)  # predictors etc., keyed by source
 
     def __post_init__(self) -> None:
@@ -126,6 +131,26 @@ class Workspace:
             self._cache.clear()  # one model at a time per session keeps memory bounded
             self._cache[key] = make()
         return self._cache[key]
+
+    def start_queued(self) -> None:
+        """A Start was pressed; its job may wait in the queue before `job()` runs."""
+        with self._flags:
+            self._waiting, self._cancel_waiting = True, False
+
+    def cancel_queued_start(self) -> bool:
+        """Stop pressed while nothing runs: cancel a Start still waiting in the queue, if there is one."""
+        with self._flags:
+            if self._waiting and not self.busy:
+                self._cancel_waiting = True
+            return self._cancel_waiting
+
+    def begin_queued_start(self) -> bool:
+        """Called by a queued job once it holds `job()`: False when Stop cancelled it while it waited.
+        (A Stop after this point sees the job busy and sets the stop flag, which the run honours.)"""
+        with self._flags:
+            cancelled = self._cancel_waiting
+            self._waiting = self._cancel_waiting = False
+            return not cancelled
 
     def job(self) -> "_Job":
         """Context manager for heavy work: one at a time per workspace, with a fresh stop flag."""

@@ -77,7 +77,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
         notes = [studio.public(m, workspace) for m in report.messages]
         if failed:
             notes.insert(0, f"**{', '.join(failed)} did not match PyTorch**: see the table, and do not deploy it.")
-        shown = [str(path) for path in report.files.values() if path and path.is_file()]
+        shown = [str(workspace.own(path)) for path in report.files.values() if path and path.is_file()]
         text = markdown_list(notes, "All chosen formats were built and verified against PyTorch.")
         if not measure:  # say why the speed table is empty
             text += "\n\nSpeed not measured: tick “Measure speed” and export again to time each format."

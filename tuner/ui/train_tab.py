@@ -52,7 +52,8 @@ class TrainForm:
             with gr.Column():
                 gr.Markdown("**Freezing**")
                 self.fields["trainable_mirror"] = gr.Radio(TRAINABLE_RADIO_CHOICES, value="head",
-                                                           label="Train from this stage down (same as Model tab)")
+                                                           label="Train from this stage down (same as Model tab)",
+                                                           elem_id="train-trainable")
                 self.fields["head_epochs"] = gr.Number(value=0, precision=0, minimum=0, label="Two-stage recipe: "
                                                        "head-only epochs first (0 = off)")
                 self.fields["bn"] = gr.Radio([("keep ImageNet statistics", "frozen"), ("update them", "train")],
@@ -248,7 +249,7 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
                 done, total = 1, 1
                 best = workspace.checkpoint("best")
                 yield (progress_html(label, done, total), training_curves(history), "\n".join(lines[-LOG_LINES:]),
-                       str(best) if best else None)
+                       str(workspace.own(best)) if best else None)  # only this session's files leave
                 return
             yield render()
 
@@ -262,6 +263,10 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
     def start_training(val_ratio: float, request: gr.Request, **values):
         workspace = studio.workspace(request)
         with workspace.job():
+            if not workspace.begin_queued_start():
+                yield progress_html("Stopped before it started (it was waiting for a free slot)", 0, 1), \
+                    gr.skip(), gr.skip(), gr.skip()
+                return
             config = settings_for(values, val_ratio, workspace, str(workspace.new_run_dir()))
             workspace.history_before = []
             yield from run_events(workspace, config, resume_run=False)
@@ -270,6 +275,10 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
     def resume_training(val_ratio: float, request: gr.Request, **values):
         workspace = studio.workspace(request)
         with workspace.job():
+            if not workspace.begin_queued_start():
+                yield progress_html("Stopped before it resumed (it was waiting for a free slot)", 0, 1), \
+                    gr.skip(), gr.skip(), gr.skip()
+                return
             if workspace.run_dir is None or not (workspace.run_dir / "last.pt").is_file():
                 raise TunerError("Nothing to resume yet: start a training run first (Resume continues the last one).")
             config = settings_for(values, val_ratio, workspace, str(workspace.run_dir))
@@ -280,9 +289,15 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
     def stop_training(request: gr.Request):
         workspace = studio.workspace(request)
         if not workspace.busy:
+            if workspace.cancel_queued_start():
+                return progress_html("Stopping: the run waiting for a free slot will not start", 0, 1)
             return progress_html("Nothing is running", 0, 1)
         workspace.stop.set()
         return gr.skip()
+
+    @act
+    def note_queued_start(request: gr.Request):
+        studio.workspace(request).start_queued()
 
     @act
     def show_commands(val_ratio: float, request: gr.Request, **values):
@@ -302,6 +317,7 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
     outputs = [status, curves, log, checkpoint]
     return {"form": form, "start": start, "stop": stop, "resume": resume, "outputs": outputs,
             "start_training": start_training, "resume_training": resume_training, "stop_training": stop_training,
+            "note_queued_start": note_queued_start,
             "show_commands": show_commands, "command": command, "torchrun": torchrun,
             "status": status}
 
@@ -309,11 +325,14 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
 def wire(studio: Studio, tab: dict, val_ratio: gr.Slider, heavy_limit: int) -> None:
     form: TrainForm = tab["form"]
     inputs_kwargs = form.inputs()
-    tab["start"].click(tab["start_training"], [val_ratio], tab["outputs"], inputs_kwargs=inputs_kwargs,
-                       api_name="train", concurrency_id=HEAVY, concurrency_limit=heavy_limit, show_progress="minimal")
-    tab["resume"].click(tab["resume_training"], [val_ratio], tab["outputs"], inputs_kwargs=inputs_kwargs,
-                        api_name="resume", concurrency_id=HEAVY, concurrency_limit=heavy_limit,
-                        show_progress="minimal")
+    # Start and Resume first note (instantly) that a job is on its way, so a Stop pressed while it still
+    # waits in the queue behind other sessions' jobs cancels it instead of finding "nothing running".
+    for button, job, name in ((tab["start"], tab["start_training"], "train"),
+                              (tab["resume"], tab["resume_training"], "resume")):
+        button.click(tab["note_queued_start"], None, None, api_name=False, concurrency_limit=None,
+                     show_progress="hidden").then(
+            job, [val_ratio], tab["outputs"], inputs_kwargs=inputs_kwargs, api_name=name, concurrency_id=HEAVY,
+            concurrency_limit=heavy_limit, show_progress="minimal")
     # Stop must never wait behind the job it stops: no queue slot shared with heavy work.
     tab["stop"].click(tab["stop_training"], None, tab["status"], api_name="stop", concurrency_limit=None,
                       show_progress="hidden")
