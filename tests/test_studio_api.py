@@ -132,7 +132,8 @@ def test_two_sessions_see_only_their_own_data_and_models(studio, tmp_path):
         for path in folder.rglob("*.png"):
             zf.write(path, path.relative_to(folder).as_posix())
 
-    summary_a = load(alice, ZIP, archive)[0]
+    summary_a, warnings_a = load(alice, ZIP, archive)[:2]
+    assert "Few training images" in warnings_a  # 6 per class: the Data tab says 10+ is more reliable
     summary_b = load(bob)[0]
     assert "2 classes" in summary_a and "`cat`" in summary_a
     assert "4 classes" in summary_b and "cat" not in summary_b
@@ -215,3 +216,95 @@ def test_a_server_folder_outside_the_servers_own_folders_can_be_evaluated(studio
     assert wrong >= 1 and len(mistakes) == wrong
     assert all(Path(item["image"]).is_file() for item in mistakes)  # copies in the client's download folder
     assert {item["caption"].split(" → ")[0] for item in mistakes} <= {"left", "right"}
+
+
+def test_model_tab_follows_the_freeze_depth_and_filters_by_stage(studio):
+    c = client(studio)
+    outputs = c.predict("layer3", "", "layer3", 32, 2, api_name="/inspect_model")
+    table, tree = outputs[3], outputs[5]
+    headers, rows = table["headers"], table["data"]
+    names = [row[headers.index("name")] for row in rows]
+    assert names and all(name.startswith("layer3.") for name in names)  # the stage filter
+    assert all(row[headers.index("trainable")] in (True, "True", "true") for row in rows)  # layer3 trains
+    rows_frozen = c.predict("layer4", "", "layer3", 32, 2, api_name="/inspect_model")[3]["data"]
+    assert all(row[headers.index("trainable")] in (False, "False", "false") for row in rows_frozen)
+    assert "layer4" in str(tree) and "fc" in str(tree)  # the layer tree with its modules
+
+
+def test_uploaded_weights_load_by_name_and_shape_and_a_pickle_is_refused(studio, tmp_path):
+    import pickle
+
+    import torch
+
+    c = client(studio)
+    partial = tmp_path / "partial.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(7, 2048)}, partial)
+    status, report = c.predict(handle_file(str(partial)), api_name="/upload_weights")
+    # conv1 matches by name and shape; a 7-class fc does not fit this head and is skipped, not forced.
+    assert re.search(r"partial\.pth:\*\* 1 tensors? loaded, 1 skipped", report) and "fc.weight" in report
+    assert "your file partial.pth" in status
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"conv1.weight": Evil()}))
+    with pytest.raises(Exception) as err:
+        c.predict(handle_file(str(evil)), api_name="/upload_weights")
+    assert "Traceback" not in error_text(err.value)
+    assert not marker.exists()
+
+
+def test_predict_several_images_with_the_base_imagenet_model(studio, tmp_path, monkeypatch, imagenet_weights_file):
+    from PIL import Image
+
+    c = client(studio)
+    with monkeypatch.context() as offline:  # nothing cached: the base model says what it needs
+        offline.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+        with pytest.raises(Exception) as err:
+            c.predict([handle_file(str(ROOT / "assets/examples/circles.png"))], "Base ImageNet model (1000 classes)",
+                      3, api_name="/predict")
+        assert "needs its pretrained weights" in error_text(err.value) and "resnet50-0676ba61.pth" in error_text(
+            err.value)
+    c = client(studio)  # a fresh session: the stand-in ImageNet file of the fixture is found now
+    paths = []
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        paths.append(tmp_path / f"photo{i}.png")
+        Image.new("RGB", (64, 48), colour).save(paths[-1])
+    label, chart, gallery, table = c.predict([handle_file(str(p)) for p in paths],
+                                             "Base ImageNet model (1000 classes)", 5, api_name="/predict")
+    assert len(gallery) == 2 and len(label["confidences"]) == 5
+    images = [row[0] for row in table["data"]]
+    assert images.count("photo0.png") == images.count("photo1.png") == 5  # top-5 for each image
+    from torchvision.models import ResNet50_Weights
+
+    assert label["label"] in ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+
+
+def test_an_upload_over_the_cap_is_refused(studio, tmp_path):
+    big = tmp_path / "big.zip"
+    big.write_bytes(b"\0" * (21 * 1024 * 1024))  # the fixture's cap is 20 MB
+    with pytest.raises(Exception):
+        load(client(studio), ZIP, big)
+
+
+def test_a_shared_server_offers_no_server_folders(tmp_path):
+    from tuner.ui import build_app, launch_kwargs
+    from tuner.ui.common import StudioSettings
+
+    demo = build_app(StudioSettings(workdir=str(tmp_path / "sessions"), shared=True))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_kwargs(demo))
+    try:
+        c = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception) as err:  # not even offered as a choice
+            c.predict("Folder on this server", None, str(tmp_path), 0.25, api_name="/load_data")
+        assert "not in the list of choices" in error_text(err.value)
+        assert "Upload a .zip" in error_text(err.value)
+    finally:
+        demo.close()
+        demo.studio.registry.close_all()

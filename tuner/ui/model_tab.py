@@ -41,7 +41,7 @@ def structure_model(num_classes: int) -> nn.Module:
 
 def weights_status(studio: Studio, workspace) -> str:
     if workspace.weights not in ("imagenet", "random"):
-        return f"**Weights:** your file `{Path(workspace.weights).name}` (loaded safely, tensors only)."
+        return f"**Weights:** {workspace.weights_label} (loaded safely, tensors only)."  # the name they uploaded
     source = resolve_weights(workspace.weights, allow_download=studio.settings.allow_download)
     if source.pretrained or source.kind == "random" and not source.searched:
         return f"**Weights:** {'✅' if source.pretrained else 'ℹ️'} {studio.public(source.message, workspace)}"
