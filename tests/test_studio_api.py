@@ -89,9 +89,14 @@ def test_demo_data_train_one_epoch_evaluate_and_predict(studio):
                                     api_name="/predict")
     assert label["label"] in {"circles", "squares", "stripes", "triangles"}
     assert len(label["confidences"]) == 3
-    messages, verification, speed, accuracy, files = c.predict(["onnx", "tensorrt"], True, api_name="/export")
+    with pytest.raises(Exception) as err:
+        c.predict(["onnx"], False, False, 0, api_name="/export")
+    assert "minimum value 1" in error_text(err.value)
+    messages, verification, speed, accuracy, files = c.predict(["onnx", "tensorrt"], True, False, 16,
+                                                               api_name="/export")
     rows = {row[0]: row for row in verification["data"]}
     assert rows["onnx"][verification["headers"].index("result")] == "matches"
+    assert rows["onnx"][verification["headers"].index("images")] == 16  # as many as asked for
     assert rows["tensorrt"][verification["headers"].index("result")] == "not built"
     assert "trtexec --onnx=model.onnx" in messages and "/tmp" not in messages  # no server paths
     assert {Path(f).name for f in files} == {"model.onnx", "predict_onnx.py"}

@@ -48,8 +48,14 @@ def build(studio: Studio, heavy_limit: int) -> dict:
     with gr.Row():
         formats = gr.CheckboxGroup([(FORMAT_LABELS[f], f) for f in FORMATS], value=["pth", "onnx"],
                                    label="Formats", elem_id="export-formats", scale=3)
-        benchmark = gr.Checkbox(True, label="Measure speed (batch-1 latency and batched throughput vs PyTorch eager)",
-                                elem_id="export-benchmark", scale=1)
+        with gr.Column(scale=1):
+            benchmark = gr.Checkbox(True, label="Measure speed (batch-1 latency and batched throughput vs PyTorch "
+                                    "eager)", elem_id="export-benchmark")
+            trt_int8 = gr.Checkbox(False, label="TensorRT INT8, calibrated on your training images"
+                                   + ("" if usable else " (needs a CUDA GPU with TensorRT)"),
+                                   interactive=usable, elem_id="export-trt-int8")
+            images = gr.Number(64, precision=0, minimum=1, label="Validation images to verify each format on",
+                               elem_id="export-images")
     run = gr.Button("Export", variant="primary", elem_id="export")
     messages = gr.Markdown(elem_id="export-messages")
     verification = gr.Dataframe(verification_table([]), label="Verification against PyTorch", interactive=False,
@@ -63,7 +69,8 @@ def build(studio: Studio, heavy_limit: int) -> dict:
                     elem_id="export-files")
 
     @act
-    def export(chosen: list[str], measure: bool, request: gr.Request, progress=gr.Progress()):
+    def export(chosen: list[str], measure: bool, int8_engine: bool, verify_images: int, request: gr.Request,
+               progress=gr.Progress()):
         workspace = studio.workspace(request)
         if not chosen:
             raise TunerError("No format chosen: tick at least one (ONNX is the usual deployment format).")
@@ -71,6 +78,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
             checkpoint = workspace.trained_checkpoint()
             report = export_checkpoint(checkpoint, chosen, workspace.exports / checkpoint.parent.name,
                                        data=workspace.data_source or None, benchmark=bool(measure),
+                                       tensorrt_int8=bool(int8_engine), max_images=verify_images,  # precision=0: an int
                                        progress=lambda done, total, label: progress((done, total), desc=label),
                                        stop=workspace.stop)
         failed = [row["format"] for row in report.verification if row["passed"] is False]
@@ -85,6 +93,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
                 verification_table(report.verification), speed_table(report.speed),
                 pd.DataFrame(report.accuracy).assign(accuracy=lambda t: t["accuracy"].map("{:.1%}".format)), shown)
 
-    run.click(export, [formats, benchmark], [messages, verification, speed, accuracy, files], api_name="export",
+    run.click(export, [formats, benchmark, trt_int8, images], [messages, verification, speed, accuracy, files],
+              api_name="export",
               concurrency_id=HEAVY, concurrency_limit=heavy_limit)
     return {}
