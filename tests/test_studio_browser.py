@@ -215,6 +215,8 @@ def test_stop_cancels_a_start_that_waits_behind_another_sessions_training(studio
     b.on("pageerror", lambda exc: b.uncaught.append(str(exc)))
     for p in (a, b):
         p.goto(studio_url)
+        open_tab(p, "Data")  # the demo set loads with the page; Start before that would say "No data loaded yet"
+        expect(p.locator("#data-summary")).to_contain_text("4 classes")
         open_tab(p, "Train")
         set_slider(p, "Image size (px)", TINY_SIZE)
     set_slider(a, "Epochs", 30)
