@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def studio_url(tmp_path, monkeypatch):
+def studio_url(studio):
+    return studio.url
+
+
+@pytest.fixture
+def studio(tmp_path, monkeypatch):
     from tuner.ui import build_app, launch_kwargs
     from tuner.ui.common import StudioSettings
 
@@ -55,8 +61,9 @@ def studio_url(tmp_path, monkeypatch):
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_kwargs(demo))
+    demo.url = f"http://127.0.0.1:{port}/"
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield demo
     finally:
         demo.close()
         demo.studio.registry.close_all()
@@ -205,7 +212,7 @@ def test_newcomer_goes_from_data_to_prediction_by_clicking(studio_url, page):
     shot(page, "6-export")
 
 
-def test_stop_cancels_a_start_that_waits_behind_another_sessions_training(studio_url, page):
+def test_stop_cancels_a_start_that_waits_behind_another_sessions_training(studio, page):
     # One heavy job at a time (the default): B's Start waits in the queue while A trains. Stop in B
     # must cancel that waiting run, not answer "nothing is running" and let it start later.
     a = page
@@ -214,7 +221,7 @@ def test_stop_cancels_a_start_that_waits_behind_another_sessions_training(studio
     b.uncaught = []
     b.on("pageerror", lambda exc: b.uncaught.append(str(exc)))
     for p in (a, b):
-        p.goto(studio_url)
+        p.goto(studio.url)
         open_tab(p, "Data")  # the demo set loads with the page; Start before that would say "No data loaded yet"
         expect(p.locator("#data-summary")).to_contain_text("4 classes")
         open_tab(p, "Train")
@@ -236,3 +243,14 @@ def test_stop_cancels_a_start_that_waits_behind_another_sessions_training(studio
     expect(b.locator("#train-log textarea")).to_have_value("")
     no_error_shown(a)
     no_error_shown(b)
+
+    # Closing a tab ends its session: its workspace folder goes.
+    registry = studio.studio.registry
+    roots = {ws.root for ws in registry._workspaces.values()}
+    assert len(roots) == 2 and all(root.is_dir() for root in roots)
+    b.close()
+    deadline = time.time() + 60
+    while len(registry._workspaces) > 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(registry._workspaces) == 1
+    assert sum(root.is_dir() for root in roots) == 1
