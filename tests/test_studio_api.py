@@ -104,7 +104,7 @@ def test_demo_data_train_one_epoch_evaluate_and_predict(studio):
     assert "batch-1 latency (ms)" in speed["headers"]
 
 
-def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio):
+def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio, imagenet_weights_file):
     c = client(studio)
     load(c)
     # A deeper freeze depth trains layer4 on every batch: slow enough to stop in the middle of an epoch.
@@ -115,6 +115,10 @@ def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio):
     with pytest.raises(Exception) as err:  # other data now would orphan the running job's outputs
         load(c)
     assert "A job is running in this session" in error_text(err.value)
+    # Prediction has its own concurrency limit: another session gets answers while this one trains.
+    label = client(studio).predict([handle_file(str(ROOT / "assets/examples/circles.png"))],
+                                   "Base ImageNet model (1000 classes)", 3, api_name="/predict")[0]
+    assert len(label["confidences"]) == 3 and not job.done()
     c.predict(api_name="/stop")
     status, curves, log, checkpoint = job.result(timeout=120)
     assert "Stopped on request" in status
