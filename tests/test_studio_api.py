@@ -114,7 +114,7 @@ def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio, imagenet_
         time.sleep(0.1)
     with pytest.raises(Exception) as err:  # other data now would orphan the running job's outputs
         load(c)
-    assert "A job is running in this session" in error_text(err.value)
+    assert "already running a job" in error_text(err.value)
     # Prediction has its own concurrency limit: another session gets answers while this one trains.
     label = client(studio).predict([handle_file(str(ROOT / "assets/examples/circles.png"))],
                                    "Base ImageNet model (1000 classes)", 3, api_name="/predict")[0]
@@ -294,10 +294,37 @@ def test_predict_several_images_with_the_base_imagenet_model(studio, tmp_path, m
 
 
 def test_an_upload_over_the_cap_is_refused(studio, tmp_path):
+    import os
+
+    folder = make_image_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
     big = tmp_path / "big.zip"
-    big.write_bytes(b"\0" * (21 * 1024 * 1024))  # the fixture's cap is 20 MB
-    with pytest.raises(Exception):
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_STORED) as zf:  # a valid dataset zip, over the fixture's 20 MB
+        for path in folder.rglob("*.png"):
+            zf.write(path, path.relative_to(folder).as_posix())
+        zf.writestr("cat/padding.bin", os.urandom(21 * 1024 * 1024))
+    with pytest.raises(Exception) as err:
         load(client(studio), ZIP, big)
+    assert re.search(r"size|large|exceed", error_text(err.value), re.I), error_text(err.value)
+
+
+def test_uploaded_files_are_never_served_back_by_path(studio, tmp_path):
+    # Gradio serves `allowed_paths` by path: only the folder of files tuner writes (checkpoints,
+    # exports) may be there, never unpacked uploads, which may hold HTML or SVG.
+    import urllib.error
+    import urllib.request
+
+    folder = make_image_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
+    (folder / "cat" / "page.html").write_text("<script>alert(1)</script>")
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in folder.rglob("*.*"):
+            zf.write(path, path.relative_to(folder).as_posix())
+    load(client(studio), ZIP, archive)
+    unpacked = list(studio.studio.registry.root.rglob("page.html"))
+    assert unpacked
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{studio.url}gradio_api/file={unpacked[0]}", timeout=30)
+    assert err.value.code in (403, 404)
 
 
 def test_a_shared_server_offers_no_server_folders(tmp_path):

@@ -93,14 +93,34 @@ def test_run_folders_are_numbered_and_checkpoint_prefers_best(tmp_path):
 
 def test_stop_cancels_a_start_still_waiting_in_the_queue_and_only_that_one(tmp_path):
     workspace = WorkspaceRegistry(tmp_path).get("tab")
-    assert workspace.cancel_queued_start() is False  # nothing pressed: nothing to cancel
+    assert workspace.request_stop() == "idle"  # nothing pressed: nothing to cancel
     workspace.start_queued()  # Start pressed; the job waits behind other sessions' jobs
-    assert workspace.cancel_queued_start() is True  # Stop pressed meanwhile
+    assert workspace.request_stop() == "queued"  # Stop pressed meanwhile
     with workspace.job():
         assert workspace.begin_queued_start() is False  # its turn came: it must not run
     workspace.start_queued()  # the next Start is not affected by the earlier Stop
     with workspace.job():
         assert workspace.begin_queued_start() is True
-        assert workspace.cancel_queued_start() is False  # running now: Stop uses the stop flag instead
+        assert workspace.request_stop() == "running" and workspace.stop.is_set()  # the running job stops
+        workspace.start_queued()  # Start pressed again during the run: it runs nothing, and waits for nothing
+        assert workspace.request_stop() == "running"
     with workspace.job():
         assert workspace.begin_queued_start() is True  # an API call that never waited starts as usual
+
+
+def test_a_job_caught_between_taking_its_slot_and_beginning_is_still_cancelled(tmp_path):
+    workspace = WorkspaceRegistry(tmp_path).get("tab")
+    workspace.start_queued()
+    with workspace.job():  # the queued job has just taken the slot ...
+        assert workspace.request_stop() == "queued"  # ... when Stop arrives
+        assert workspace.begin_queued_start() is False
+
+
+def test_a_queued_start_refused_by_a_busy_session_waits_no_more(tmp_path):
+    workspace = WorkspaceRegistry(tmp_path).get("tab")
+    with workspace.job():
+        workspace._waiting = True  # as if noted just before another job of this session took the slot
+        with pytest.raises(TunerError, match="already running"):
+            with workspace.job():
+                pass
+    assert workspace.request_stop() == "idle"

@@ -35,7 +35,8 @@ def default_root() -> Path:
 class Workspace:
     """What one session owns. Its folders: data/ (unpacked uploads), runs/, exports/, uploads/."""
 
-    root: Path
+    root: Path  # what the user brought (uploads, unpacked data): never served by the web server
+    served: Path | None = None  # what tuner made for them (runs/, exports/): downloadable; default root
     created: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -57,6 +58,7 @@ class Workspace:
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)  # predictors etc., keyed by source
 
     def __post_init__(self) -> None:
+        self.served = self.served or self.root
         for folder in (self.data_dir, self.runs, self.exports, self.uploads):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -66,11 +68,11 @@ class Workspace:
 
     @property
     def runs(self) -> Path:
-        return self.root / "runs"
+        return self.served / "runs"
 
     @property
     def exports(self) -> Path:
-        return self.root / "exports"
+        return self.served / "exports"
 
     @property
     def data_dir(self) -> Path:
@@ -86,7 +88,7 @@ class Workspace:
     def own(self, path: str | os.PathLike) -> Path:
         """`path` resolved, if it lies inside this workspace; a TunerError otherwise."""
         resolved = Path(path).resolve()
-        if not resolved.is_relative_to(self.root.resolve()):
+        if not any(resolved.is_relative_to(folder.resolve()) for folder in self.folders):
             raise TunerError("That file does not belong to this session: use files you uploaded or made here.")
         return resolved
 
@@ -114,16 +116,23 @@ class Workspace:
 
     def relative(self, path: str | os.PathLike) -> str:
         """How a path inside the workspace is shown to its user (never the server's folders)."""
-        try:
-            return str(Path(path).resolve().relative_to(self.root.resolve()))
-        except ValueError:
-            return Path(path).name
+        resolved = Path(path).resolve()
+        for folder in self.folders:
+            if resolved.is_relative_to(folder.resolve()):
+                return str(resolved.relative_to(folder.resolve()))
+        return Path(path).name
 
     def scrub(self, text: str) -> str:
         """A message with this workspace's server paths replaced by workspace-relative ones."""
-        for root in {str(self.root.resolve()), str(self.root)}:
-            text = text.replace(root + os.sep, "").replace(root, ".")
+        for folder in self.folders:
+            for root in {str(folder.resolve()), str(folder)}:
+                text = text.replace(root + os.sep, "").replace(root, ".")
         return text
+
+    @property
+    def folders(self) -> list[Path]:
+        """The workspace's folders on disk: its own root and, when separate, the served one."""
+        return [self.root] if self.served == self.root else [self.root, self.served]
 
     def cached(self, key: str, make) -> Any:
         """One object per key per workspace (e.g. a Predictor per checkpoint version)."""
@@ -133,16 +142,22 @@ class Workspace:
         return self._cache[key]
 
     def start_queued(self) -> None:
-        """A Start was pressed; its job may wait in the queue before `job()` runs."""
+        """A Start was pressed; its job may wait in the queue before `job()` runs. (Pressed while this
+        session's own job runs, it starts nothing: `job()` refuses it.)"""
         with self._flags:
-            self._waiting, self._cancel_waiting = True, False
+            if not self.busy:
+                self._waiting, self._cancel_waiting = True, False
 
-    def cancel_queued_start(self) -> bool:
-        """Stop pressed while nothing runs: cancel a Start still waiting in the queue, if there is one."""
+    def request_stop(self) -> str:
+        """Stop pressed: cancel a Start still waiting in the queue, and/or ask the running job to stop
+        at its next batch. Returns what there was: 'queued', 'running' or 'idle'. One lock with
+        `begin_queued_start`, so a job that starts at this very moment is caught either way."""
         with self._flags:
-            if self._waiting and not self.busy:
+            if self._waiting:
                 self._cancel_waiting = True
-            return self._cancel_waiting
+            if self.busy:
+                self.stop.set()
+            return "queued" if self._waiting else "running" if self.busy else "idle"
 
     def begin_queued_start(self) -> bool:
         """Called by a queued job once it holds `job()`: False when Stop cancelled it while it waited.
@@ -169,6 +184,8 @@ class _Job:
         if self.workspace.closed:
             raise TunerError("This session has ended: reload the page to start a new one.")
         if not self.workspace._busy.acquire(blocking=False):
+            with self.workspace._flags:  # a queued Start that cannot run is no longer waiting
+                self.workspace._waiting = self.workspace._cancel_waiting = False
             raise TunerError("This session is already running a job (training, evaluation or export): wait for it "
                              "to finish, or press Stop.")
         self.workspace.stop.clear()
@@ -187,6 +204,7 @@ class WorkspaceRegistry:
         self.root = Path(root) if root else default_root()
         # Each app gets its own sub-folder, so restarting or running two apps never mixes sessions.
         self.root = self.root / f"app-{uuid.uuid4().hex[:12]}"
+        self.served_root = self.root / "served"
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
         self._workspaces: dict[str, Workspace] = {}
@@ -202,8 +220,12 @@ class WorkspaceRegistry:
                 if len(self._workspaces) >= self.max_sessions:
                     raise TunerError(f"The server already holds {self.max_sessions} sessions: try again later, or "
                                      "run your own copy (see the README).")
-                folder = self.root / uuid.uuid4().hex  # not the session id: nothing guessable in paths
-                workspace = self._workspaces[session_id] = Workspace(folder)
+                # Random names, not the session id: nothing guessable in paths. What tuner writes for the
+                # user (checkpoints, exports) lives apart from what they uploaded, so the web server may
+                # serve the first (`served_root`) without ever serving an uploaded file (HTML, SVG, ...).
+                folder = self.root / uuid.uuid4().hex
+                served = self.served_root / uuid.uuid4().hex
+                workspace = self._workspaces[session_id] = Workspace(folder, served)
             workspace.touch()
             return workspace
 
@@ -244,6 +266,7 @@ def _dispose(workspace: Workspace) -> None:
     def remove_when_idle() -> None:
         with workspace._busy:  # waits for the job to see the stop flag and end
             workspace._cache.clear()
-            shutil.rmtree(workspace.root, ignore_errors=True)
+            for folder in workspace.folders:
+                shutil.rmtree(folder, ignore_errors=True)
 
     threading.Thread(target=remove_when_idle, name="tuner-workspace-cleanup", daemon=True).start()

@@ -56,10 +56,12 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
 
 def launch_kwargs(demo: gr.Blocks) -> dict:
     """What `demo.launch()` needs besides host/port/auth: the theme, styles, upload cap, and the folder
-    of this app's session workspaces as a place Gradio may serve files from (checkpoints, exports).
+    of the files tuner writes for sessions (checkpoints, exports) in `allowed_paths`.
 
-    Gradio serves only files under the working directory, the temp dir or `allowed_paths`; `--workdir`
-    may be elsewhere. Session folders are random 128-bit names, so no one reaches another's files."""
+    A handler may return files from the working directory, the temp dir or `allowed_paths` only, and
+    Gradio also serves `allowed_paths` directly by path. So only `served_root` goes there, never the
+    folders of uploads and unpacked data (a zip may hold HTML or SVG); session folder names are random."""
     studio = demo.studio
     return {"theme": gr.themes.Soft(), "css_paths": [CSS_FILE] if CSS_FILE.is_file() else None,
-            "max_file_size": f"{studio.settings.max_upload_mb}mb", "allowed_paths": [str(studio.registry.root)]}
+            "max_file_size": f"{studio.settings.max_upload_mb}mb",
+            "allowed_paths": [str(studio.registry.served_root)]}

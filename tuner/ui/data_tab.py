@@ -19,10 +19,16 @@ FOLDER = "Folder on this server"
 
 
 def load_spec(studio: Studio, workspace, source: str, zip_file, folder: str, val_ratio: float, seed: int) -> DatasetSpec:
-    """Point the workspace at a dataset and check it; nothing changes in the workspace if it fails."""
-    if workspace.busy:  # the running job's outputs (run folder, classes) must stay as it started
-        raise TunerError("A job is running in this session (training, evaluation or export): wait for it to "
-                         "finish or press Stop, then load other data.")
+    """Point the workspace at a dataset and check it; nothing changes in the workspace if it fails.
+
+    It holds the session's job slot: a run must keep the data and run folder it started with, and a
+    Start pressed while a big zip unpacks must not train on the data being replaced."""
+    with workspace.job():
+        return _load_spec(studio, workspace, source, zip_file, folder, val_ratio, seed)
+
+
+def _load_spec(studio: Studio, workspace, source: str, zip_file, folder: str, val_ratio: float,
+               seed: int) -> DatasetSpec:
     if source == DEMO:
         data_source, label = "demo", "the built-in demo dataset"
     elif source == ZIP:

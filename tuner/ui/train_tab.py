@@ -287,13 +287,10 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
 
     @act
     def stop_training(request: gr.Request):
-        workspace = studio.workspace(request)
-        if not workspace.busy:
-            if workspace.cancel_queued_start():
-                return progress_html("Stopping: the run waiting for a free slot will not start", 0, 1)
-            return progress_html("Nothing is running", 0, 1)
-        workspace.stop.set()
-        return gr.skip()
+        state = studio.workspace(request).request_stop()
+        if state == "queued":
+            return progress_html("Stopping: the run waiting for a free slot will not start", 0, 1)
+        return progress_html("Nothing is running", 0, 1) if state == "idle" else gr.skip()
 
     @act
     def note_queued_start(request: gr.Request):
