@@ -147,7 +147,7 @@ def test_linked_folder_in_a_class_is_counted_as_a_link(tmp_path):
     assert len(spec.train) + len(spec.val) == 6  # the linked images are not used ...
     assert spec.skipped.counts == {"links": 1}  # ... and the user is told why
     assert spec.skipped.examples["links"] == ["a/more/"]
-    assert spec.skipped.summary().startswith("Skipped 1 folder: 1 links (e.g. a/more/)")
+    assert spec.skipped.summary().startswith("Skipped 1 folder: links: 1 (e.g. a/more/)")
 
 
 def test_imbalance_and_small_classes_are_warned_about(tmp_path):

@@ -205,9 +205,9 @@ def test_int8_calibration_always_hands_tensorrt_full_batches_of_every_image(coun
     assert seen[:count].tolist() == list(range(count))  # in order; repeats only fill the end
 
 
-@pytest.mark.parametrize("images", [0, -3, 2.5, True])
+@pytest.mark.parametrize("images", [0, -3, 2.5, True, None, 1001])
 def test_an_impossible_image_count_is_refused_with_the_fix_before_anything_is_written(trained_run, tmp_path, images):
-    with pytest.raises(TunerError, match=r"at least 1.*--images 64"):
+    with pytest.raises(TunerError, match=r"from 1 to 1000.*--images on the command line.*Export tab"):
         export_checkpoint(trained_run / "best.pt", "pth", tmp_path / "out", max_images=images)
     assert not (tmp_path / "out").exists()
 
@@ -217,6 +217,22 @@ def test_cli_images_zero_is_one_clear_line(trained_run, tmp_path, capsys):
                      "--out", str(tmp_path / "out"), "--images", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--images" in err and "Traceback" not in err
+
+
+def test_tensorrt_int8_without_the_tensorrt_format_is_refused_not_ignored(trained_run, tmp_path):
+    with pytest.raises(TunerError, match="choose the tensorrt format too"):
+        export_checkpoint(trained_run / "best.pt", "onnx", tmp_path / "out", tensorrt_int8=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_verification_images_are_spread_over_every_class():
+    from tuner.export import spread_evenly
+
+    samples = [(c, i) for c in "abcd" for i in range(25)]  # class-ordered, as datasets are
+    picked = spread_evenly(samples, 64)
+    assert len(picked) == 64 and len(set(picked)) == 64
+    assert {c: sum(1 for k, _ in picked if k == c) for c in "abcd"} == {"a": 16, "b": 16, "c": 16, "d": 16}
+    assert spread_evenly(samples[:10], 64) == samples[:10]
 
 
 def test_speedups_compare_each_row_with_pytorch_eager_on_the_same_device():

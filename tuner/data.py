@@ -159,7 +159,8 @@ class SkipReport:
     def summary(self) -> str:
         if not self.total:
             return "No files skipped."
-        parts = [f"{n} {reason} (e.g. {', '.join(self.examples[reason][:2])})" for reason, n in self.counts.items()]
+        # "reason: count" reads right for files and folders alike ("links: 1", "not images: 3").
+        parts = [f"{reason}: {n} (e.g. {', '.join(self.examples[reason][:2])})" for reason, n in self.counts.items()]
         files = self.total - self.folders
         what = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((files, "file"), (self.folders, "folder")) if n]
         return f"Skipped {' and '.join(what)}: " + "; ".join(parts) + "."

@@ -215,16 +215,20 @@ class _Images:
         size = int(state["image_size"])
         cache = ImageCache(resize_size(size))
 
-        def spread(samples):  # evenly over the (class-ordered) list, so every class is represented
-            step = max(1, len(samples) // max_images)
-            return samples[::step][:max_images]
-
         transform = eval_transform(size)
-        val = spread(spec.val or spec.train)
-        calib = spread(spec.train)
+        val = spread_evenly(spec.val or spec.train, max_images)
+        calib = spread_evenly(spec.train, max_images)
         self.x = torch.stack([transform(cache.get(s.path)) for s in val])
         self.labels = torch.tensor([s.label for s in val])
         self.calibration = torch.stack([transform(cache.get(s.path)) for s in calib])
+
+
+def spread_evenly(samples: Sequence, count: int) -> list:
+    """`count` items at evenly spaced positions of `samples` (all of them when there are fewer). The
+    lists are ordered by class, so every class is represented in proportion to its size."""
+    if len(samples) <= count:
+        return list(samples)
+    return [samples[i * len(samples) // count] for i in range(count)]
 
 
 def _ort_runner(path: Path) -> Callable[[torch.Tensor], Any]:
@@ -251,10 +255,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
     from .checkpoint import load_checkpoint, model_from_checkpoint
 
     chosen = parse_formats(formats)
-    if isinstance(max_images, bool) or not isinstance(max_images, numbers.Integral) or max_images < 1:
-        # 0 would divide by zero when spreading the images over the classes; a negative count would drop images.
-        raise TunerError(f"The number of verification images must be a whole number of at least 1, not {max_images!r}: "
-                         "give e.g. --images 64 (the default) on the command line.")
+    if tensorrt_int8 and "tensorrt" not in chosen:
+        raise TunerError("TensorRT INT8 applies to the TensorRT engine: choose the tensorrt format too (--format "
+                         "...,tensorrt on the command line, 'TensorRT engine (GPU)' in the studio), or drop INT8.")
+    whole = isinstance(max_images, numbers.Integral) and not isinstance(max_images, bool)
+    if not whole or not 1 <= max_images <= MAX_VERIFY_IMAGES:  # 0 or less verifies nothing; too many fill the memory
+        raise TunerError(f"The number of verification images must be a whole number from 1 to {MAX_VERIFY_IMAGES}, "
+                         f"not {max_images!r}: give e.g. 64 (the default): --images on the command line, 'Validation "
+                         "images to verify each format on' in the studio's Export tab.")
     max_images = int(max_images)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -485,6 +493,7 @@ def _write_deploy_script(out: Path) -> Path:
     return atomic_write(out / "predict_onnx.py", lambda tmp: shutil.copyfile(source, tmp))
 
 
+MAX_VERIFY_IMAGES = 1000  # each is held in memory as a float tensor, twice (verification and calibration)
 BENCH_LABELS = {"onnx": "onnx (onnxruntime)", "int8": "onnx int8 (onnxruntime)", "tensorrt": "tensorrt fp16"}
 EAGER_LABELS = {"cpu": "pytorch (eager, cpu)", "cuda": "pytorch (eager, cuda)"}
 GPU_FORMATS = {"tensorrt"}  # formats that run on the GPU; the ONNX Runtime sessions here are CPU-only

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import TunerError
-from ..export import FORMATS, export_checkpoint, tensorrt_status
+from ..export import FORMATS, MAX_VERIFY_IMAGES, export_checkpoint, tensorrt_status
 from .common import HEAVY, Studio, markdown_list, user_facing
 
 FORMAT_LABELS = {"pth": ".pth state_dict + model.json", "safetensors": ".safetensors", "onnx": "ONNX (FP32)",
@@ -54,7 +54,8 @@ def build(studio: Studio, heavy_limit: int) -> dict:
             trt_int8 = gr.Checkbox(False, label="TensorRT INT8, calibrated on your training images"
                                    + ("" if usable else " (needs a CUDA GPU with TensorRT)"),
                                    interactive=usable, elem_id="export-trt-int8")
-            images = gr.Number(64, precision=0, minimum=1, label="Validation images to verify each format on",
+            images = gr.Number(64, precision=0, minimum=1, maximum=MAX_VERIFY_IMAGES,
+                               label="Validation images to verify each format on (and to calibrate INT8)",
                                elem_id="export-images")
     run = gr.Button("Export", variant="primary", elem_id="export")
     messages = gr.Markdown(elem_id="export-messages")
