@@ -248,11 +248,11 @@ def test_stop_cancels_a_start_that_waits_behind_another_sessions_training(studio
     no_error_shown(b)
 
     # Closing a tab ends its session: its workspace folder goes.
-    roots = {ws.root for ws in registry._workspaces.values()}
-    assert len(roots) == 2 and all(root.is_dir() for root in roots)
+    folders = {folder for ws in registry._workspaces.values() for folder in ws.folders}  # uploads and outputs
+    assert len(folders) == 4 and all(folder.is_dir() for folder in folders)
     b.close()
     deadline = time.time() + 60
-    while (len(registry._workspaces) > 1 or sum(root.is_dir() for root in roots) > 1) and time.time() < deadline:
-        time.sleep(0.2)  # the folder goes in the background, once the session's job (none here) lets go
+    while (len(registry._workspaces) > 1 or sum(f.is_dir() for f in folders) > 2) and time.time() < deadline:
+        time.sleep(0.2)  # the folders go in the background, once the session's job (none here) lets go
     assert len(registry._workspaces) == 1
-    assert sum(root.is_dir() for root in roots) == 1
+    assert sum(folder.is_dir() for folder in folders) == 2

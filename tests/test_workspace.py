@@ -28,7 +28,10 @@ def test_sessions_get_separate_folders_and_cannot_reach_each_other(tmp_path):
     with pytest.raises(TunerError, match="does not belong to this session"):
         a.own(b.runs / "secret.pt")
     with pytest.raises(TunerError, match="does not belong"):
-        a.own(a.root / ".." / b.root.name / "runs" / "secret.pt")
+        a.own(a.served / ".." / b.served.name / "runs" / "secret.pt")
+    # What a session uploads and what tuner writes for it live apart; only the latter is ever served.
+    assert a.runs.is_relative_to(registry.served_root) and a.exports.is_relative_to(registry.served_root)
+    assert not a.uploads.is_relative_to(registry.served_root) and not a.data_dir.is_relative_to(registry.served_root)
     with pytest.raises(TunerError, match="no session"):
         registry.get(None)
 
@@ -51,7 +54,7 @@ def test_closing_a_session_stops_its_job_then_removes_its_files(tmp_path):
     assert started.wait(5)
     registry.close("tab")
     assert finished.wait(5)  # the job saw the stop flag
-    assert wait_until(lambda: not workspace.root.exists())  # then the folder went
+    assert wait_until(lambda: not workspace.root.exists() and not workspace.served.exists())  # then its folders went
     assert registry.sessions() == 0
     with pytest.raises(TunerError, match="session has ended"):
         with workspace.job():
@@ -75,7 +78,7 @@ def test_idle_sessions_expire_but_busy_ones_stay(tmp_path):
         time.sleep(0.1)
         registry.sweep()
         assert registry.sessions() == 1 and busy.root.exists()
-    assert wait_until(lambda: not idle.root.exists())
+    assert wait_until(lambda: not idle.root.exists() and not idle.served.exists())
 
 
 def test_run_folders_are_numbered_and_checkpoint_prefers_best(tmp_path):
@@ -121,6 +124,22 @@ def test_a_queued_start_refused_by_a_busy_session_waits_no_more(tmp_path):
     with workspace.job():
         workspace._waiting = True  # as if noted just before another job of this session took the slot
         with pytest.raises(TunerError, match="already running"):
-            with workspace.job():
+            with workspace.job():  # another kind of job refused: the queued Start still waits
+                pass
+        assert workspace._waiting
+        with pytest.raises(TunerError, match="already running"):
+            with workspace.job(queued=True):  # the queued Start itself refused: it waits no more
                 pass
     assert workspace.request_stop() == "idle"
+
+
+def test_data_changes_only_between_jobs(tmp_path):
+    workspace = WorkspaceRegistry(tmp_path).get("tab")
+    workspace.set_data("demo", "the demo", ["a", "b"])
+    workspace.run_dir = workspace.new_run_dir()
+    with workspace.job():
+        with pytest.raises(TunerError, match="A job is running in this session"):
+            workspace.set_data("/other", "other", ["x", "y"])
+        assert workspace.data_source == "demo" and workspace.run_dir is not None  # the run keeps its data
+    workspace.set_data("/other", "other", ["x", "y"])
+    assert workspace.classes == ["x", "y"] and workspace.run_dir is None  # other classes: no resuming the old run

@@ -31,6 +31,10 @@ def default_root() -> Path:
     return Path(os.environ.get("TUNER_STUDIO_DIR") or Path(tempfile.gettempdir()) / "tuner-studio")
 
 
+NO_DATA_CHANGE_DURING_A_JOB = ("A job is running in this session (training, evaluation or export): wait for it to "
+                               "finish or press Stop, then load the data again.")
+
+
 @dataclass
 class Workspace:
     """What one session owns. Its folders: data/ (unpacked uploads), runs/, exports/, uploads/."""
@@ -167,9 +171,23 @@ class Workspace:
             self._waiting = self._cancel_waiting = False
             return not cancelled
 
-    def job(self) -> "_Job":
-        """Context manager for heavy work: one at a time per workspace, with a fresh stop flag."""
-        return _Job(self)
+    def job(self, queued: bool = False) -> "_Job":
+        """Context manager for heavy work: one at a time per workspace, with a fresh stop flag.
+        `queued`: a Start/Resume that may have waited in the queue; if refused, it waits no more."""
+        return _Job(self, queued)
+
+    def set_data(self, data_source: str, label: str, classes: list[str]) -> None:
+        """Point the session at other data, unless one of its jobs runs: a run keeps the data and run
+        folder it started with. The slot is held only for the switch itself, so loading (unzipping,
+        checking images) never blocks Start, and a Start during a load trains on the data it saw."""
+        if not self._busy.acquire(blocking=False):
+            raise TunerError(NO_DATA_CHANGE_DURING_A_JOB)
+        try:
+            if self.classes and self.classes != list(classes) and self.run_dir is not None:
+                self.run_dir = None  # a new class list cannot resume the old run
+            self.data_source, self.data_label, self.classes = data_source, label, list(classes)
+        finally:
+            self._busy.release()
 
     @property
     def busy(self) -> bool:
@@ -177,15 +195,17 @@ class Workspace:
 
 
 class _Job:
-    def __init__(self, workspace: Workspace):
+    def __init__(self, workspace: Workspace, queued: bool = False):
         self.workspace = workspace
+        self.queued = queued  # a Start/Resume that may have waited in the queue (see start_queued)
 
     def __enter__(self) -> Workspace:
         if self.workspace.closed:
             raise TunerError("This session has ended: reload the page to start a new one.")
         if not self.workspace._busy.acquire(blocking=False):
-            with self.workspace._flags:  # a queued Start that cannot run is no longer waiting
-                self.workspace._waiting = self.workspace._cancel_waiting = False
+            if self.queued:  # this queued Start cannot run, so it no longer waits
+                with self.workspace._flags:
+                    self.workspace._waiting = self.workspace._cancel_waiting = False
             raise TunerError("This session is already running a job (training, evaluation or export): wait for it "
                              "to finish, or press Stop.")
         self.workspace.stop.clear()

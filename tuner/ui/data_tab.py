@@ -11,6 +11,7 @@ from ..data import DatasetSpec, dataset_folder, discover_dataset
 from ..errors import TunerError
 from ..plots import class_counts
 from ..preview import augmented_grid, sample_grid
+from ..workspace import NO_DATA_CHANGE_DURING_A_JOB
 from .common import LIGHT, Studio, markdown_list, user_facing
 
 DEMO = "Built-in demo (4 shape classes)"
@@ -19,16 +20,10 @@ FOLDER = "Folder on this server"
 
 
 def load_spec(studio: Studio, workspace, source: str, zip_file, folder: str, val_ratio: float, seed: int) -> DatasetSpec:
-    """Point the workspace at a dataset and check it; nothing changes in the workspace if it fails.
-
-    It holds the session's job slot: a run must keep the data and run folder it started with, and a
-    Start pressed while a big zip unpacks must not train on the data being replaced."""
-    with workspace.job():
-        return _load_spec(studio, workspace, source, zip_file, folder, val_ratio, seed)
-
-
-def _load_spec(studio: Studio, workspace, source: str, zip_file, folder: str, val_ratio: float,
-               seed: int) -> DatasetSpec:
+    """Point the workspace at a dataset and check it; nothing changes in the workspace if it fails
+    (or if one of the session's jobs runs: see Workspace.set_data)."""
+    if workspace.busy:  # say so before unpacking anything; set_data checks again at the switch
+        raise TunerError(NO_DATA_CHANGE_DURING_A_JOB)
     if source == DEMO:
         data_source, label = "demo", "the built-in demo dataset"
     elif source == ZIP:
@@ -51,9 +46,7 @@ def _load_spec(studio: Studio, workspace, source: str, zip_file, folder: str, va
     else:
         raise TunerError(f"Unknown data source {source!r}: choose {DEMO}, {ZIP} or {FOLDER}.")
     spec = discover_dataset(dataset_folder(data_source, workspace.root), float(val_ratio), int(seed))
-    if workspace.classes and workspace.classes != spec.classes and workspace.run_dir is not None:
-        workspace.run_dir = None  # a new class list cannot resume the old run
-    workspace.data_source, workspace.data_label, workspace.classes = data_source, label, list(spec.classes)
+    workspace.set_data(data_source, label, spec.classes)
     return spec
 
 

@@ -262,7 +262,7 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
     @act
     def start_training(val_ratio: float, request: gr.Request, **values):
         workspace = studio.workspace(request)
-        with workspace.job():
+        with workspace.job(queued=True):
             if not workspace.begin_queued_start():
                 yield progress_html("Stopped before it started (it was waiting for a free slot)", 0, 1), \
                     gr.skip(), gr.skip(), gr.skip()
@@ -274,7 +274,7 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
     @act
     def resume_training(val_ratio: float, request: gr.Request, **values):
         workspace = studio.workspace(request)
-        with workspace.job():
+        with workspace.job(queued=True):
             if not workspace.begin_queued_start():
                 yield progress_html("Stopped before it resumed (it was waiting for a free slot)", 0, 1), \
                     gr.skip(), gr.skip(), gr.skip()
