@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: pth,onnx)")
     p.add_argument("--out", required=True, help="folder for the exported files")
     p.add_argument("--data", help="dataset for verification and INT8 calibration (default: the checkpoint's own)")
-    p.add_argument("--images", type=int, default=64, help="validation images used to verify each format (at least 1)")
+    p.add_argument("--images", type=int, default=64, help="validation images used to verify each format (1 to 1000)")
     p.add_argument("--benchmark", action="store_true", help="time each format against PyTorch eager on the same device")
     p.add_argument("--trt-int8", action="store_true", help="TensorRT: allow INT8 layers too, calibrated on your training images "
                    "(default: FP16); like INT8 ONNX, its agreement is reported, not required")

@@ -6,6 +6,7 @@ and then run here; a user-supplied ONNX file or engine is never loaded.
 
 from __future__ import annotations
 
+import functools
 import json
 import numbers
 import os
@@ -217,10 +218,15 @@ class _Images:
 
         transform = eval_transform(size)
         val = spread_evenly(spec.val or spec.train, max_images)
-        calib = spread_evenly(spec.train, max_images)
         self.x = torch.stack([transform(cache.get(s.path)) for s in val])
         self.labels = torch.tensor([s.label for s in val])
-        self.calibration = torch.stack([transform(cache.get(s.path)) for s in calib])
+        self._load_calibration = lambda: torch.stack(
+            [transform(cache.get(s.path)) for s in spread_evenly(spec.train, max_images)])
+
+    @functools.cached_property
+    def calibration(self) -> torch.Tensor:
+        """Training images for INT8 calibration, decoded only when an INT8 format asks for them."""
+        return self._load_calibration()
 
 
 def spread_evenly(samples: Sequence, count: int) -> list:

@@ -259,13 +259,17 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
         return form.config(values, data=workspace.data_source, out=out, weights=workspace.weights,
                            val_ratio=float(val_ratio))
 
+    def stopped_while_queued(verb: str) -> tuple:
+        """The outputs of a Start/Resume that Stop cancelled while it waited for a free slot."""
+        return progress_html(f"Stopped before it {verb} (it was waiting for a free slot)", 0, 1), \
+            gr.skip(), gr.skip(), gr.skip()
+
     @act
     def start_training(val_ratio: float, request: gr.Request, **values):
         workspace = studio.workspace(request)
         with workspace.job(queued=True):
             if not workspace.begin_queued_start():
-                yield progress_html("Stopped before it started (it was waiting for a free slot)", 0, 1), \
-                    gr.skip(), gr.skip(), gr.skip()
+                yield stopped_while_queued("started")
                 return
             config = settings_for(values, val_ratio, workspace, str(workspace.new_run_dir()))
             workspace.history_before = []
@@ -276,8 +280,7 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
         workspace = studio.workspace(request)
         with workspace.job(queued=True):
             if not workspace.begin_queued_start():
-                yield progress_html("Stopped before it resumed (it was waiting for a free slot)", 0, 1), \
-                    gr.skip(), gr.skip(), gr.skip()
+                yield stopped_while_queued("resumed")
                 return
             if workspace.run_dir is None or not (workspace.run_dir / "last.pt").is_file():
                 raise TunerError("Nothing to resume yet: start a training run first (Resume continues the last one).")
