@@ -95,6 +95,45 @@ def test_a_two_rank_run_writes_one_set_of_files_and_resumes(tmp_path, even_datas
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
 
 
+SAVE_EACH_RANKS_MODEL = """
+import os, sys, torch
+import tuner.train
+original = tuner.train._Run._finish
+def finish_and_save(self, status, epochs_done):
+    torch.save(self.model.state_dict(), os.path.join(os.environ["RANK_STATES"], os.environ["RANK"] + ".pt"))
+    return original(self, status, epochs_done)
+tuner.train._Run._finish = finish_and_save
+from tuner.cli import main
+sys.exit(main())
+"""
+
+
+def test_the_two_stage_recipe_under_two_ranks_trains_the_unfrozen_stage_in_step(tmp_path, even_dataset,
+                                                                                 imagenet_weights_file,
+                                                                                 monkeypatch):
+    # Stage 1 trains the head on cached features (DDP around the head alone); stage 2 wraps the model in
+    # a new DDP with layer4 unfrozen. A DDP kept from stage 1 would not average layer4's gradients: each
+    # rank would step on its own half of the batch and the ranks' copies of layer4 would drift apart.
+    script = tmp_path / "save_each_ranks_model.py"
+    script.write_text(SAVE_EACH_RANKS_MODEL)
+    monkeypatch.setenv("RANK_STATES", str(tmp_path))
+    out = tmp_path / "run"
+    result = torchrun(*train_args(even_dataset, out, "--weights", "imagenet", "--trainable", "layer4",
+                                  "--head-epochs", "1", "--epochs", "2"), script=[str(script)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("unfreezing down to layer4 (two-stage recipe)") == 1  # rank 0 alone reports
+    assert result.stderr.count("Completed after 2 epochs") == 1
+    ranks = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in (0, 1)]
+    original = torch.load(imagenet_weights_file, weights_only=True)
+    saved = load_checkpoint(out / "last.pt")["model_state"]
+    for key in ("layer4.2.conv3.weight", "layer4.0.bn1.weight", "fc.weight"):
+        assert torch.equal(ranks[0][key], ranks[1][key]), key  # gradients averaged: the ranks stay in step
+        assert torch.equal(saved[key], ranks[0][key]), key
+    assert not torch.equal(saved["layer4.2.conv3.weight"], original["layer4.2.conv3.weight"])  # trained
+    for key in ("conv1.weight", "layer3.5.conv3.weight", "layer3.5.bn3.running_mean"):
+        assert torch.equal(saved[key], original[key]), key  # frozen in both stages
+
+
 FAIL_ON_RANK_1 = """
 import os, sys
 import tuner.train
