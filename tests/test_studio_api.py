@@ -306,6 +306,16 @@ def test_an_upload_over_the_cap_is_refused(studio, tmp_path):
         load(client(studio), ZIP, big)
     assert "exceeds the maximum file size of 20971520 bytes" in error_text(err.value)  # the cap, as Gradio says it
 
+    # gradio_client refuses before sending; the server must refuse too (a browser or script may not ask).
+    import httpx
+
+    with httpx.Client(base_url=studio.url, timeout=60) as http:
+        small = http.post("gradio_api/upload", files={"files": ("small.zip", b"PK" + b"0" * 1000)})
+        assert small.status_code == 200, small.text  # the positive control: the route and form are right
+        with big.open("rb") as f:
+            refused = http.post("gradio_api/upload", files={"files": ("big.zip", f)})
+    assert refused.status_code == 413, (refused.status_code, refused.text[:200])
+
 
 def test_uploaded_files_are_never_served_back_by_path(studio, tmp_path):
     # Gradio serves `allowed_paths` by path: only the folder of files tuner writes (checkpoints,
