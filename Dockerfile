@@ -4,9 +4,15 @@
 #   docker run --rm -p 7860:7860 -v ~/.cache/torch:/home/tuner/.cache/torch tuner
 # With an NVIDIA GPU (and the NVIDIA container toolkit): add --gpus all; for TensorRT export, build with
 #   docker build --build-arg EXTRA_REQUIREMENTS=requirements-gpu.txt -t tuner-gpu .
+# torch.compile (--compile) builds code while training and needs a compiler, which the slim image lacks:
+#   docker build --build-arg APT_PACKAGES=build-essential ...
 FROM python:3.11-slim
 
 ARG EXTRA_REQUIREMENTS=
+ARG APT_PACKAGES=
+RUN if [ -n "$APT_PACKAGES" ]; then \
+      apt-get update && apt-get install -y --no-install-recommends $APT_PACKAGES && rm -rf /var/lib/apt/lists/*; \
+    fi
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -131,3 +131,14 @@ def test_bad_settings_are_refused_with_the_fix(capsys):
     assert "choose from head,predict" in capsys.readouterr().err.replace(", ", ",")
     assert main(["bench", "--quick", "--train-per-class", "4", "--batch-size", "3"]) == 2
     assert "last batch of one image" in capsys.readouterr().err
+
+
+def test_the_table_says_how_torch_compile_did_on_the_gpu_or_why_it_was_left_out():
+    gpu = {"id": "gpu", "skipped": None, "name": "GPU training images/s", "ratio": 2.6, "met": True,
+           "ratio_spread": {"min": 2.5, "max": 2.7}, "tuner_text": "1000 img/s", "plain_text": "385 img/s",
+           "target": ">= 2.5x", "details": {"compiled_img_s": [1100.0, 1200.0], "compile_skipped": None}}
+    report = {"items": [gpu], "cpu_settings": None, "machine": bench.machine_info(), "weights": "random",
+              "settings": {"repeats": 2}, "date": "2026-11-23 12:00", "load_average": {}}
+    assert "Item 4 with torch.compile: 1150.0 img/s" in bench.format_table(report)
+    gpu["details"] = {"compiled_img_s": None, "compile_skipped": "compile=True (--compile) needs a C compiler"}
+    assert "Item 4 without torch.compile: compile=True (--compile) needs a C compiler" in bench.format_table(report)

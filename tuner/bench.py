@@ -568,15 +568,18 @@ def bench_gpu(ctx: "_Context") -> dict[str, Any]:
     if not torch.cuda.is_available():
         return _item("gpu", "GPU training images/s (tuner's settings vs plain FP32 eager)", "img/s", None, None, [],
                      met=None, target=f">= {TARGETS['gpu']:g}x", higher_is_better=True, skipped=NO_GPU)
+    from .runtime import compile_blocker
+
     device = torch.device("cuda")
     ratios, ours, plains, compiled = [], [], [], []
+    compile_skipped = compile_blocker(device) if s.gpu_compile else ""  # measured without it, and says why
     for r in range(s.repeats):
         p, t = _alternate(r, lambda: gpu_training_rate(device, s, tuner_settings=False),
                           lambda: gpu_training_rate(device, s, tuner_settings=True))
         plains.append(p)
         ours.append(t)
         ratios.append(t / p)
-        if s.gpu_compile:
+        if s.gpu_compile and not compile_skipped:
             compiled.append(gpu_training_rate(device, s, tuner_settings=True, compile=True))
     name = torch.cuda.get_device_name(device)
     peak = s.gpu_peak_tflops or gpu_peak_tflops(name)
@@ -590,6 +593,7 @@ def bench_gpu(ctx: "_Context") -> dict[str, Any]:
         statistics.median(ours), statistics.median(plains), ratios, met=ratio >= TARGETS["gpu"],
         target=f">= {TARGETS['gpu']:g}x", higher_is_better=True,
         details={"gpu": name, "tuner_img_s": ours, "plain_img_s": plains, "compiled_img_s": compiled or None,
+                 "compile_skipped": compile_skipped or None,
                  "peak_tflops": peak or None, "share_of_peak": share,
                  "flops_per_image": training_flops_per_image(s.image_size),
                  "tuner_settings": "autocast bf16 (fp16 + GradScaler before Ampere), channels_last, "
@@ -876,6 +880,13 @@ def format_table(report: dict[str, Any]) -> str:
             extra.append(f"Item 2, model forward alone: ONNX Runtime {fwd['tuner_ms']:.1f} ms, eager PyTorch "
                          f"{fwd['plain_ms']:.1f} ms ({fwd['ratio']:.2f}x); first call with the ONNX export: "
                          f"{item['details']['first_call_ms']:.0f} ms.")
+        if item["id"] == "gpu" and not item["skipped"]:
+            compiled, skipped = item["details"].get("compiled_img_s"), item["details"].get("compile_skipped")
+            if compiled:
+                extra.append(f"Item 4 with torch.compile: {statistics.median(compiled):.1f} img/s (the share of peak "
+                             "uses the faster of the two).")
+            elif skipped:
+                extra.append(f"Item 4 without torch.compile: {skipped}")
     settings = report.get("cpu_settings")
     if settings:
         extra.append("")

@@ -8,8 +8,10 @@ process management of our own. Without torchrun, everything here is a single pro
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,7 @@ class Runtime:
     channels_last: bool
     num_workers: int
     layout_note: str = ""  # why this memory layout (a CPU's measured channels_last speed-up), for describe()
+    gpu_note: str = ""  # why a machine with an NVIDIA driver trains on its CPU (device='auto'), said as a warning
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -62,9 +65,18 @@ def world_from_env() -> tuple[int, int, int]:
 def setup_runtime(config: TrainConfig) -> Runtime:
     rank, world_size, local_rank = world_from_env()
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise TunerError("device='cuda' was asked for but no CUDA GPU is visible: use device='auto' or 'cpu'.")
+        why = cuda_unusable_reason()
+        raise TunerError("device='cuda' was asked for but no CUDA GPU is visible" + (f" ({why})" if why else "")
+                         + ": use device='auto' or 'cpu'.")
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if use_cuda:
+        if world_size > 1 and local_rank >= torch.cuda.device_count():
+            # NCCL needs a GPU of its own per process; without this check set_device fails with
+            # "invalid device ordinal".
+            count = torch.cuda.device_count()
+            raise TunerError(f"This process is local rank {local_rank}, but this machine shows {count} CUDA GPU"
+                             f"{'s' if count != 1 else ''}: start one process per GPU (torchrun "
+                             f"--nproc_per_node={count}), or train on the CPUs with --device cpu.")
         device = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
@@ -80,10 +92,51 @@ def setup_runtime(config: TrainConfig) -> Runtime:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10),
                                 device_id=device if use_cuda else None)
         owns = True
+    if config.compile and (blocker := compile_blocker(device)):
+        raise TunerError(blocker)
     channels_last, layout_note = pick_channels_last(config, device, world_size)
     return Runtime(device=device, amp_dtype=pick_amp(config.amp, device), channels_last=channels_last,
                    layout_note=layout_note, num_workers=pick_workers(config.num_workers, device, world_size), rank=rank,
-                   world_size=world_size, local_rank=local_rank, owns_process_group=owns)
+                   world_size=world_size, local_rank=local_rank, owns_process_group=owns,
+                   gpu_note="" if use_cuda or gpus_hidden() else cuda_unusable_reason())  # hidden: on purpose
+
+
+def gpus_hidden() -> bool:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", None) == ""
+
+
+def cuda_unusable_reason() -> str:
+    """Why PyTorch sees no CUDA GPU on a machine with an NVIDIA driver; '' when no driver is seen (or CUDA works).
+
+    The usual cause is a driver older than the CUDA version torch was built for: the CUDA build on PyPI
+    then quietly behaves like a CPU-only one, and a run meant for the GPU takes hours on the CPU.
+    """
+    if torch.cuda.is_available():
+        return ""
+    if gpus_hidden():
+        return "CUDA_VISIBLE_DEVICES is set to an empty value, which hides every GPU"
+    if not (Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")):
+        return ""
+    if torch.version.cuda is None:
+        return "an NVIDIA driver is installed, but this PyTorch is a CPU-only build: install a CUDA build of torch"
+    return (f"an NVIDIA driver is installed, but PyTorch cannot use it: this torch is built for CUDA "
+            f"{torch.version.cuda}, so `nvidia-smi` must show a 'CUDA Version' of {torch.version.cuda} or higher. "
+            "Update the NVIDIA driver, or install the torch build that matches it (pytorch.org, Get started)")
+
+
+def compile_blocker(device: torch.device) -> str:
+    """Why torch.compile cannot run here ('' when it can). It builds code while training: Inductor
+    compiles C++ for a CPU, and Triton compiles a small C launcher for a GPU. Without a compiler the
+    first training step would end in an Inductor traceback."""
+    if device.type == "cuda":  # what Triton looks for
+        need, found = "a C compiler", os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    else:  # what Inductor's C++ backend looks for
+        need, found = "a C++ compiler", os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+    if found:
+        return ""
+    return (f"compile=True (--compile) needs {need} while training (torch.compile generates and builds code), and "
+            "none was found: install one (Debian/Ubuntu: apt-get install build-essential; the Docker image: build "
+            "it with --build-arg APT_PACKAGES=build-essential), or train without --compile.")
 
 
 def pick_amp(amp: str, device: torch.device) -> torch.dtype | None:

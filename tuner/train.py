@@ -286,6 +286,8 @@ class _Run:
                          runtime.rank, runtime.world_size)
         if not self.source.pretrained:
             yield Message("warning", self.source.message)
+        if runtime.gpu_note:
+            yield Message("warning", f"Training on the CPU: {runtime.gpu_note}.")
         for text in spec.warnings:
             yield Message("warning", text)
         if self.ignored_on_resume:
@@ -521,10 +523,7 @@ class _Run:
             loss = self.loss_fn(logits.float(), y)
         self.last_lr = self._head_lr()  # the rate this step uses (history records what each epoch used)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        optimizer_step(loss, self.optimizer, self.scaler, self.scheduler)
         return float(loss.detach()), float((logits.detach().argmax(1) == y).sum())
 
     @torch.no_grad()
@@ -633,6 +632,24 @@ class _Run:
         checkpoint = best if best.is_file() else self.out / "last.pt"
         return Finished(status, epochs_done, metrics["best_val_acc"] or 0.0, self.best_epoch, str(self.out),
                         str(checkpoint), metrics)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler) -> bool:
+    """Backward, optimizer step and schedule step; False when the gradient scaler skipped the step.
+
+    With fp16 the scaler skips the optimizer step when the gradients overflowed at its loss scale
+    (usual in the first steps; it then lowers the scale). The schedule waits too, as the optimizer
+    did: stepping it anyway is what PyTorch warns about ("lr_scheduler.step() before optimizer.step()").
+    """
+    scaler.scale(loss).backward()
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    stepped = scale is None or scaler.get_scale() >= scale  # a skipped step lowers the scale
+    if stepped:
+        scheduler.step()
+    return stepped
 
 
 def hold_run_lock(out: Path):
