@@ -26,6 +26,8 @@ from tuner.export import (FP32_TARGET, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, expo
 
 CPU_FORMATS = "pth,safetensors,onnx,int8,tensorrt"  # tensorrt included: here it must explain itself
 TRT_READY, TRT_MISSING = tensorrt_status()
+TRT_SKIP_REASON = (f"TensorRT engine build needs tensorrt and a CUDA GPU: {TRT_MISSING}. On a GPU machine, with "
+                   "requirements-gpu.txt installed, run `TUNER_TEST_GPU=1 python -m pytest`")
 
 
 @pytest.fixture(scope="module")
@@ -179,17 +181,21 @@ def test_without_tensorrt_int8_is_never_handed_an_uncalibrated_trtexec_command(t
 
 
 def test_an_int8_engine_is_labelled_int8_and_judged_like_int8_onnx():
-    from tuner.export import TRT_MIN_AGREEMENT, compare, tensorrt_precision
+    from tuner.export import FP16_REL_TARGET, compare, tensorrt_precision
 
     reference = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
     flipped = reference.clone()
     flipped[0] = torch.tensor([0.0, 2.0])  # 75% agreement: a broken FP16 engine, a possible INT8 one
     fp16, int8 = tensorrt_precision(False), tensorrt_precision(True)
-    assert fp16["label"] == "tensorrt fp16" and "FP16" in fp16["note"] and fp16["min_agreement"] == TRT_MIN_AGREEMENT
+    assert fp16["label"] == "tensorrt fp16" and "FP16" in fp16["note"] and fp16["rel_target"] == FP16_REL_TARGET
     assert "int8" in int8["label"] and "INT8" in int8["note"] and "FP16 engine" not in int8["note"]
-    path = Path("model.engine")
-    assert not compare("tensorrt", path, reference, flipped, 4, None, int8["note"], fp16["min_agreement"])["passed"]
-    row = compare("tensorrt", path, reference, flipped, 4, None, int8["note"], int8["min_agreement"])
+
+    def judged(rule, logits):
+        return compare("tensorrt", Path("model.engine"), reference, logits, 4, None, rule["note"],
+                       rule["min_agreement"], rule["rel_target"])
+
+    assert not judged(fp16, flipped)["passed"]
+    row = judged(int8, flipped)
     assert row["passed"] and row["top1_agreement"] == 0.75  # reported, like the INT8 ONNX row, not a failure
 
 
@@ -279,19 +285,21 @@ def test_tensorrt_11_is_named_as_the_missing_piece(monkeypatch):
     assert "removed" not in export.tensorrt_status()[1]  # 10.x is what the build expects
 
 
-@pytest.mark.skipif(not TRT_READY, reason=f"TensorRT engine build needs tensorrt and a CUDA GPU: {TRT_MISSING}")
+@pytest.mark.gpu
+@pytest.mark.skipif(not TRT_READY, reason=TRT_SKIP_REASON)
 def test_tensorrt_engine_is_built_and_agrees_with_pytorch(trained_run, tmp_path):
     report = export_checkpoint(trained_run / "best.pt", "tensorrt", tmp_path, benchmark=True, max_images=32)
     row = rows_by_format(report)["tensorrt"]
     assert report.files["tensorrt"].is_file()
-    assert row["passed"] and row["top1_agreement"] == 1.0 and row["max_abs_diff"] < 0.05  # FP16 activations
+    assert row["passed"] and row["top1_agreement"] >= 0.9  # FP16 activations: near-ties may flip
     speed = {r["format"]: r for r in report.speed}
     assert {"tensorrt fp16", "pytorch (eager, cuda)"} <= set(speed)
     assert speed["pytorch (eager, cuda)"]["latency_speedup"] == 1.0  # the engine's baseline is PyTorch on the GPU
     assert any("same device" in m for m in report.messages)
 
 
-@pytest.mark.skipif(not TRT_READY, reason=f"TensorRT engine build needs tensorrt and a CUDA GPU: {TRT_MISSING}")
+@pytest.mark.gpu
+@pytest.mark.skipif(not TRT_READY, reason=TRT_SKIP_REASON)
 def test_tensorrt_int8_engine_calibrates_on_fewer_images_than_a_batch_and_is_labelled_int8(trained_run, tmp_path):
     report = export_checkpoint(trained_run / "best.pt", "tensorrt", tmp_path, benchmark=True, max_images=3,
                                tensorrt_int8=True)  # 3 calibration images, opt batch 8
@@ -377,16 +385,27 @@ def test_verification_data_with_other_classes_is_refused_with_the_fix(trained_ru
 
 
 def test_verification_fails_fp32_drift_and_a_disagreeing_engine_but_only_informs_for_int8():
-    from tuner.export import TRT_MIN_AGREEMENT, compare
+    from tuner.export import FP16_REL_TARGET, compare
 
     reference = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
     drift = reference + 1e-3  # same labels, logits off by more than the FP32 target
     flipped = reference.clone()
-    flipped[0] = torch.tensor([0.0, 2.0])  # one label in four differs: 75% agreement
+    flipped[0] = torch.tensor([0.0, 2.0])  # one label in four differs by the whole logit scale: broken
     path = Path("model.x")
     assert compare("onnx", path, reference, reference, 4, FP32_TARGET)["passed"]
     assert not compare("onnx", path, reference, drift, 4, FP32_TARGET)["passed"]
-    assert not compare("tensorrt", path, reference, flipped, 4, None, min_agreement=TRT_MIN_AGREEMENT)["passed"]
-    assert compare("tensorrt", path, reference, drift, 4, None, min_agreement=TRT_MIN_AGREEMENT)["passed"]
+    assert not compare("tensorrt", path, reference, flipped, 4, None, min_agreement=None,
+                       rel_target=FP16_REL_TARGET)["passed"]
+    assert compare("tensorrt", path, reference, drift, 4, None, min_agreement=None, rel_target=FP16_REL_TARGET)["passed"]
+    # FP16 rounding flips a near-tie (top two 0.02 apart, moved by 0.03 = 1.5% of the scale): 75% agreement
+    # on 4 images, still the same model. Any fixed agreement threshold would fail small verification sets.
+    near_tie = reference.clone()
+    near_tie[1] = torch.tensor([1.00, 1.02])
+    rounded = near_tie.clone()
+    rounded[1] = torch.tensor([1.02, 0.99])
+    row = compare("tensorrt", path, near_tie, rounded, 4, None, min_agreement=None, rel_target=FP16_REL_TARGET)
+    assert row["passed"] and row["top1_agreement"] == 0.75
+    assert not compare("tensorrt", path, near_tie, near_tie * 1.2, 4, None, min_agreement=None,
+                       rel_target=FP16_REL_TARGET)["passed"]  # 20% off: too far for rounding
     row = compare("int8", path, reference, flipped, 4, None, min_agreement=None)
     assert row["passed"] and row["top1_agreement"] == 0.75

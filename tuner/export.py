@@ -75,7 +75,12 @@ def onnx_metadata(classes: Sequence[str], image_size: int, mean: Sequence[float]
 FORMATS = ("pth", "safetensors", "onnx", "int8", "tensorrt")
 FP32_TARGET = 1e-4  # largest |logit difference| allowed for an FP32 format against PyTorch
 BENCH_BATCH = 16  # the "larger batch" of the throughput column
-TRT_MIN_AGREEMENT = 0.98  # FP16 activations may flip a near-tie; more than 2% flips means a broken engine
+# An FP16 engine's logits may differ from PyTorch's by at most this share of the largest |logit|. FP16
+# rounding moves them by well under 1% here; a broken engine (wrong input layout, a bad layer) by as much
+# as the logits themselves. Top-1 agreement is reported but not required: under this bound a label can
+# only flip where PyTorch's top two are within 2 x the largest difference, a near-tie, and on a small
+# verification set one such flip would fail any agreement threshold.
+FP16_REL_TARGET = 0.05
 TRT_PROFILE = (1, 8, 32)  # TensorRT optimization profile for the dynamic batch: min, opt, max
 FILE_NAMES = {"pth": "model.pth", "safetensors": "model.safetensors", "onnx": "model.onnx", "int8": "model.int8.onnx",
               "tensorrt": "model.engine"}
@@ -110,9 +115,12 @@ def tensorrt_status() -> tuple[bool, str]:
     """(usable, what is missing): TensorRT needs its Python package and a CUDA GPU on this machine."""
     import importlib.util
 
+    from .runtime import cuda_unusable_reason
+
     missing = []
     if not torch.cuda.is_available():
-        missing.append("no CUDA GPU is visible to PyTorch on this machine")
+        why = cuda_unusable_reason()
+        missing.append("no CUDA GPU is visible to PyTorch on this machine" + (f" ({why})" if why else ""))
     if importlib.util.find_spec("tensorrt") is None:
         missing.append("the tensorrt package is not installed (pip install -r requirements-gpu.txt)")
     elif (version := tensorrt_version()) and version[0] >= TENSORRT_MAJOR_LIMIT:
@@ -151,16 +159,17 @@ TRT_INT8_NO_TRTEXEC = ("The command has no --int8 on purpose: trtexec has no cal
 def tensorrt_precision(int8: bool) -> dict[str, Any]:
     """How a TensorRT engine is labelled and judged, by the precision it was really built with.
 
-    FP16 must keep TRT_MIN_AGREEMENT top-1 agreement. An INT8 engine (TensorRT picks INT8 or FP16
-    per layer) is judged like INT8 ONNX: quantization may flip close calls, so its agreement and
+    FP16 must stay within FP16_REL_TARGET of the logits' scale. An INT8 engine (TensorRT picks INT8 or
+    FP16 per layer) is judged like INT8 ONNX: quantization may flip close calls, so its agreement and
     accuracy inform rather than fail the export.
     """
     if int8:
-        return {"label": "tensorrt int8+fp16", "min_agreement": None,
+        return {"label": "tensorrt int8+fp16", "min_agreement": None, "rel_target": None,
                 "note": "INT8 engine (FP16 where faster), calibrated on the training images: logits differ by "
                         "design; see the accuracy table"}
-    return {"label": "tensorrt fp16", "min_agreement": TRT_MIN_AGREEMENT,
-            "note": f"FP16 engine: needs top-1 agreement >= {TRT_MIN_AGREEMENT:.0%}"}
+    return {"label": "tensorrt fp16", "min_agreement": None, "rel_target": FP16_REL_TARGET,
+            "note": f"FP16 engine: logits within {FP16_REL_TARGET:.0%} of the largest |logit|; top-1 may differ only "
+                    "on near-ties"}
 
 
 @dataclass
@@ -179,17 +188,20 @@ class ExportReport:
 
 
 def compare(name: str, path: Path, reference: torch.Tensor, logits: torch.Tensor, images: int,
-            target: float | None, note: str = "", min_agreement: float | None = 1.0) -> dict[str, Any]:
+            target: float | None, note: str = "", min_agreement: float | None = 1.0,
+            rel_target: float | None = None) -> dict[str, Any]:
     """One verification row: largest |logit difference| and top-1 agreement against PyTorch.
 
-    FP32 formats must agree on every image and stay within `target`. Reduced-precision engines
-    (target None) are judged by agreement alone, at `min_agreement`; INT8 ONNX passes
-    min_agreement=None: quantization may flip close calls, so its row informs (with the accuracy
-    table) rather than fails the export.
+    FP32 formats must agree on every image and stay within `target`. An FP16 engine must stay within
+    `rel_target` x the reference's largest |logit| (min_agreement None: near-ties may flip). INT8
+    passes neither: quantization may flip close calls, so its row informs (with the accuracy table)
+    rather than fails the export.
     """
     diff = float((logits.float() - reference.float()).abs().max()) if images else float("nan")
     agree = float((logits.argmax(1) == reference.argmax(1)).float().mean()) if images else float("nan")
-    passed = (min_agreement is None or agree >= min_agreement) and (target is None or diff <= target)
+    scale = float(reference.float().abs().max()) if images else float("nan")
+    passed = ((min_agreement is None or agree >= min_agreement) and (target is None or diff <= target)
+              and (rel_target is None or diff <= rel_target * scale))
     return {"format": name, "file": path.name, "max_abs_diff": diff, "top1_agreement": agree, "images": images,
             "passed": passed, "note": note}
 
@@ -341,14 +353,15 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
                 continue
             from .tensorrt_engine import build_engine, engine_runner
 
-            build_engine(onnx_path, path, size, fp16=True, int8=tensorrt_int8, calibration=images.calibration)
+            build_engine(onnx_path, path, size, fp16=True, int8=tensorrt_int8,
+                         calibration=images.calibration if tensorrt_int8 else None)  # decoded only for INT8
             report.files["tensorrt"] = path
             runners["tensorrt"] = engine_runner(path)
             logits = torch.from_numpy(runners["tensorrt"](images.x))
-            # Reduced-precision engines (FP16 rounds activations to 11 bits) are judged by top-1 agreement.
-            precision = tensorrt_precision(tensorrt_int8)
+            precision = tensorrt_precision(tensorrt_int8)  # FP16 rounds activations to 11 significant bits
             report.verification.append(compare("tensorrt", path, reference, logits, len(images.x), None,
-                                               precision["note"], min_agreement=precision["min_agreement"]))
+                                               precision["note"], min_agreement=precision["min_agreement"],
+                                               rel_target=precision["rel_target"]))
             if tensorrt_int8:
                 report.accuracy.append({"format": precision["label"], "accuracy": _accuracy(logits, images.labels),
                                         "images": len(images.labels)})

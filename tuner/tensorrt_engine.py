@@ -117,16 +117,19 @@ def engine_runner(engine_path: str | os.PathLike) -> Callable[[torch.Tensor], np
     context = engine.create_execution_context()
 
     largest = int(engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0])  # the profile's max batch
+    # A stream of our own: on PyTorch's default (legacy) stream TensorRT warns on every call and adds
+    # synchronisations. The copy in, the engine and the buffers all live on this stream, in order.
+    stream = torch.cuda.Stream()
 
     def run_batch(x: torch.Tensor) -> torch.Tensor:
-        x = x.float().contiguous().cuda()
-        context.set_input_shape(INPUT_NAME, tuple(x.shape))
-        out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device="cuda")
-        context.set_tensor_address(INPUT_NAME, x.data_ptr())
-        context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise TunerError("TensorRT could not run the engine: export it again on this machine.")
+        with torch.cuda.stream(stream):
+            x = x.float().contiguous().cuda()
+            context.set_input_shape(INPUT_NAME, tuple(x.shape))
+            out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device="cuda")
+            context.set_tensor_address(INPUT_NAME, x.data_ptr())
+            context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise TunerError("TensorRT could not run the engine: export it again on this machine.")
         stream.synchronize()
         return out.cpu()
 
