@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 
@@ -151,6 +152,17 @@ def test_resume_can_extend_epochs_but_keeps_the_run_settings(tmp_path, tiny_data
     assert any("ignored: lr" in w for w in warnings)
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 2 and state["config"]["lr"] == 0.05
+
+
+def test_extending_a_finished_cosine_run_continues_on_the_stretched_schedule(tmp_path, tiny_dataset):
+    # One step per epoch (batch >= the 14 training images), so each epoch's recorded rate is its only step's.
+    common = dict(scheduler="cosine", lr=0.01, batch_size=16, feature_cache="off")
+    run_to_end(tiny_config(tmp_path / "run", tiny_dataset, epochs=2, **common))
+    # The finished 2-epoch schedule ended at rate 0; over 4 epochs step 2 of 4 is half-way down the cosine.
+    run_to_end(tiny_config(tmp_path / "run", tiny_dataset, epochs=4, **common), resume=True)
+    rates = [row["lr"] for row in load_checkpoint(tmp_path / "run" / "last.pt")["history"]]
+    assert rates[:2] == pytest.approx([0.01, 0.01 * 0.5 * (1 + math.cos(math.pi / 2))])  # planned for 2 epochs
+    assert rates[2:] == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in (2, 3)])
 
 
 def test_resume_with_other_classes_is_refused(tmp_path, tiny_dataset):

@@ -381,6 +381,13 @@ class _Run:
     def _restore(self, saved: dict[str, Any]) -> tuple[int, int, dict | None]:
         self.optimizer.load_state_dict(saved["optimizer_state"])
         self.scheduler.load_state_dict(saved["scheduler_state"])
+        # The saved rates follow the schedule as the run first planned it. Resuming with more epochs
+        # stretches the plan (a finished cosine schedule ended at 0, which would waste the next step),
+        # so the next step's rates are computed again; with the same epochs they come out the same.
+        factor = self._lr_factor(self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if saved.get("scaler_state"):
             self.scaler.load_state_dict(saved["scaler_state"])
         self.history = list(saved.get("history", []))
