@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import Sequence
 
 from tuner.ui import build_app, launch_kwargs
 from tuner.ui.common import StudioSettings
+from tuner.workspace import default_root
 
 __all__ = ["build_app", "main", "parse_args"]
 
@@ -54,10 +59,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
     settings = settings_from(args)
-    demo = build_app(settings)
-    auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo.launch(server_name=host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs(demo))
+    own_cache = use_own_gradio_cache(settings)
+    # `docker stop` and service managers send SIGTERM, which would end Python on the spot and leave every
+    # session's files behind; as Ctrl-C it closes the server (Gradio catches it) and the cleanup runs.
+    signal.signal(signal.SIGTERM, _interrupt)
+    demo = None
+    try:
+        demo = build_app(settings)
+        auth = tuple(args.auth.split(":", 1)) if args.auth else None
+        demo.launch(server_name=host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs(demo))
+    finally:
+        if demo is not None:
+            demo.studio.registry.close_all(wait_s=30)  # running jobs stop at their next batch first
+        if own_cache is not None:
+            shutil.rmtree(own_cache, ignore_errors=True)
     return 0
+
+
+def use_own_gradio_cache(settings: StudioSettings) -> Path | None:
+    """Point Gradio's file cache at a folder of this server's own, unless GRADIO_TEMP_DIR names one.
+
+    Gradio keeps a copy of every file it serves (checkpoints, exports: ~100 MB each) and deletes its
+    copies on shutdown only partly; a folder that only this server uses can be removed whole when it
+    stops. It is set before the app is built: Gradio reads the variable as it makes components.
+    """
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return None
+    parent = Path(settings.workdir) if settings.workdir else default_root()
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="gradio-cache-", dir=parent))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

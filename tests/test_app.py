@@ -67,3 +67,47 @@ def test_settings_from_flags_and_variables(app, monkeypatch):
 def test_auth_without_a_password_is_refused_with_the_form(app, capsys):
     assert app.main(["--auth", "alice"]) == 2
     assert "--auth needs user:pass" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_studio_and_removes_every_file_it_made(tmp_path):
+    # `docker stop` and service managers send SIGTERM: the studio must close like on Ctrl-C and delete
+    # the sessions' workspaces and Gradio's copies of served files (its own cache folder).
+    import os
+    import signal
+    import socket
+    import time
+
+    import httpx
+    from gradio_client import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}  # the studio picks its own cache
+    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--workdir", str(work)], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the studio did not start"
+            time.sleep(0.5)
+        summary = Client(url, verbose=False).predict("Built-in demo (4 shape classes)", None, "", 0.25,
+                                                     api_name="/load_data")[0]
+        assert "4 classes" in summary
+        cache = [p for p in work.iterdir() if p.name.startswith("gradio-cache-")]
+        assert len(cache) == 1 and any(p.is_file() for p in cache[0].rglob("*"))  # sample pictures it served
+        assert any(p.name.startswith("app-") for p in work.iterdir())  # the sessions' workspaces
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=90)[0]
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, output[-2000:]
+    assert list(work.iterdir()) == []

@@ -269,15 +269,21 @@ class WorkspaceRegistry:
         for workspace in gone:
             _dispose(workspace)
 
-    def close_all(self) -> None:
+    def close_all(self, wait_s: float = 0.0) -> None:
+        """End every session (the server is stopping): stop their jobs, then delete every folder.
+
+        `wait_s`: how long to wait for running jobs to reach the end of their batch, so that they let go of
+        their folders before the whole tree is removed (0: do not wait)."""
         with self._lock:
             gone, self._workspaces = list(self._workspaces.values()), {}
-        for workspace in gone:
-            _dispose(workspace)
+        cleanups = [_dispose(workspace) for workspace in gone]
+        deadline = time.monotonic() + wait_s
+        for cleanup in cleanups:
+            cleanup.join(max(0.0, deadline - time.monotonic()))
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _dispose(workspace: Workspace) -> None:
+def _dispose(workspace: Workspace) -> threading.Thread:
     """Stop the workspace's job and remove its folder; a running job finishes its batch first, in the
     background, so closing a tab never blocks the server."""
     workspace.closed = True
@@ -289,4 +295,6 @@ def _dispose(workspace: Workspace) -> None:
             for folder in workspace.folders:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    threading.Thread(target=remove_when_idle, name="tuner-workspace-cleanup", daemon=True).start()
+    cleanup = threading.Thread(target=remove_when_idle, name="tuner-workspace-cleanup", daemon=True)
+    cleanup.start()
+    return cleanup
