@@ -88,6 +88,8 @@ def test_offline_training_without_weights_says_so_on_stderr(tmp_path, tiny_datas
     (["train", "--backbone-lr-mult", "-1", "--out", "OUT"], "use 0 or more"),
     (["predict", "--checkpoint", "/no/such.pt", "x.png"], "Checkpoint not found"),
     (["predict", "x.png"], "--checkpoint FILE"),
+    (["predict", "--imagenet", "x.png"], "needs its pretrained weights (resnet50-0676ba61.pth), and none were found: "
+                                         "copy resnet50-0676ba61.pth (from https://"),
     (["evaluate", "--checkpoint", "/no/such.pt"], "Checkpoint not found"),
 ])
 def test_user_errors_are_one_clear_line_without_traceback(tmp_path, args, message):

@@ -77,7 +77,7 @@ def test_a_two_rank_run_writes_one_set_of_files_and_resumes(tmp_path, even_datas
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "best.pt", "history.csv", "last.pt", "metrics.json"]
-    assert result.stderr.count("Completed after 1 epochs") == 1  # rank 0 alone reports
+    assert result.stderr.count("Completed after 1 epoch;") == 1  # rank 0 alone reports
     assert "rank 0 of 2 (gloo)" in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["best"]["count"] == 3  # val reduced over both ranks

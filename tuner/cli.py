@@ -76,11 +76,13 @@ TRAIN_FLAGS = [
     Flag("--feature-cache", "feature_cache", choices=FEATURE_CACHE_CHOICES,
          help="reuse frozen-backbone outputs across epochs"),
     Flag("--cache-views", "cache_views", int, help="augmented views per image in the feature cache"),
-    Flag("--cache-dir", "cache_dir"),
-    Flag("--cache-budget-mb", "cache_budget_mb", int),
+    Flag("--cache-dir", "cache_dir", help="where feature caches live (default: $TUNER_HOME/features, i.e. "
+         "~/.cache/tuner/features)"),
+    Flag("--cache-budget-mb", "cache_budget_mb", int, help="largest feature cache kept in memory for a partly frozen "
+         "backbone, in MB"),
     Flag("--channels-last", "channels_last", choices=("auto", "on", "off"),
          help="NHWC memory format (auto: on for CUDA; on a CPU, measured once per machine and image size)"),
-    Flag("--compile", "compile", switch=True, help="torch.compile the model (GPU, long runs)"),
+    Flag("--compile", "compile", switch=True, help="torch.compile the model (GPU, long runs; needs a C/C++ compiler)"),
     Flag("--sync-bn", "sync_bn", switch=True, help="under torchrun: synchronise BatchNorm across ranks"),
 ]
 
@@ -88,10 +90,28 @@ TRAIN_FLAGS = [
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     for f in TRAIN_FLAGS:
         dest = f.field.replace(".", "__")
-        if f.switch:
-            parser.add_argument(f.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f.help)
+        # The parser's own default stays None, so that resume can tell a typed flag from an untyped one;
+        # the help shows the config's default instead.
+        default = _default_text(f)
+        if "default" in f.help:  # the help says it in its own words
+            help_text = f.help
         else:
-            parser.add_argument(f.flag, dest=dest, type=f.type, choices=f.choices, default=None, help=f.help)
+            help_text = f"{f.help} (default: {default})" if f.help else f"default: {default}"
+        if f.switch:
+            parser.add_argument(f.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(f.flag, dest=dest, type=f.type, choices=f.choices, default=None, help=help_text,
+                                metavar=None if f.choices else f.flag.lstrip("-").replace("-", "_").upper())
+
+
+def _default_text(f: Flag) -> str:
+    if f.field.startswith("augment.") and f.field != "augment.preset":
+        return "set by --augment"
+    defaults = TrainConfig()
+    value = defaults.augment.preset if f.field == "augment.preset" else getattr(defaults, f.field)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "auto" if value is None else str(value)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -212,7 +232,7 @@ class ConsoleRenderer:
                        f"  val loss {event.val_loss:.4f} acc {event.val_acc:.1%}  lr {event.lr:.3g}  "
                        f"{event.seconds:.1f}s{'  *best' if event.improved else ''}")
         elif name == "Finished":
-            self._line(f"{event.status.replace('_', ' ').capitalize()} after {event.epochs_done} epochs; best val "
+            self._line(f"{event.status.replace('_', ' ').capitalize()} after {event.epochs_done} epoch{'' if event.epochs_done == 1 else 's'}; best val "
                        f"accuracy {event.best_val_acc:.1%} (epoch {event.best_epoch}). Checkpoint: {event.checkpoint}")
 
 
@@ -363,23 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("inspect", help="show the model: weights, stages, parameters, shapes")
-    p.add_argument("--weights", default="imagenet")
-    p.add_argument("--trainable", default="head", choices=TRAINABLE_CHOICES)
-    p.add_argument("--classes", type=int, default=1000, help="classes of the new head")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--weights", default="imagenet", help="'imagenet', 'random', or a weights file (default: imagenet)")
+    p.add_argument("--trainable", default="head", choices=TRAINABLE_CHOICES,
+                   help="freeze depth whose trainable/frozen counts to show (default: head)")
+    p.add_argument("--classes", type=int, default=1000,
+                   help="classes of the new head: give your dataset's count for its parameter numbers (default: 1000)")
+    p.add_argument("--image-size", type=int, default=224, help="input size for the output shapes (default: 224)")
     p.add_argument("--tree", type=int, nargs="?", const=2, default=0, metavar="DEPTH", help="print the layer tree")
     p.add_argument("--params", action="store_true", help="print every named_parameters() entry")
     p.add_argument("--no-download", action="store_true", help="never download weights")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("evaluate", help="metrics, confusion matrix and mistakes of a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", choices=("val", "train"), default="val")
-    p.add_argument("--mistakes", type=int, default=10, help="how many mistakes to list")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="which split to evaluate (default: val)")
+    p.add_argument("--mistakes", type=int, default=10, help="how many mistakes to list (default: 10)")
     p.add_argument("--workdir", help="where a .zip dataset is extracted (default: the checkpoint's folder)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k labels for images")
@@ -387,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a fine-tuned checkpoint (best.pt)")
     p.add_argument("--imagenet", action="store_true", help="use the base ImageNet model instead")
     p.add_argument("--weights", default="imagenet", help="with --imagenet: the weights file")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
     p.add_argument("--json", action="store_true", help='one JSON line per image: {"image", "top_k": [{"label", "prob"}]}')
     p.set_defaults(func=cmd_predict)
 
@@ -399,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: pth,onnx)")
     p.add_argument("--out", required=True, help="folder for the exported files")
     p.add_argument("--data", help="dataset for verification and INT8 calibration (default: the checkpoint's own)")
-    p.add_argument("--images", type=int, default=64, help="validation images used to verify each format (1 to 1000)")
+    p.add_argument("--images", type=int, default=64, help="validation images used to verify each format "
+                   "(1 to 1000; default: 64)")
     p.add_argument("--benchmark", action="store_true", help="time each format against PyTorch eager on the same device")
     p.add_argument("--trt-int8", action="store_true", help="TensorRT: allow INT8 layers too, calibrated on your training images "
                    "(default: FP16); like INT8 ONNX, its agreement is reported, not required")

@@ -22,7 +22,8 @@ from .data import MEAN, STD, eval_transform, load_rgb, to_rgb
 from .errors import TunerError
 from .model import new_resnet50
 from .onnx_runtime import OnnxModel, OnnxRuntimeUnavailable, resolve_backend
-from .weights import IMAGENET_WEIGHTS, WeightsSource, apply_state_dict, read_state_dict, resolve_weights
+from .weights import (IMAGENET_FILENAME, IMAGENET_WEIGHTS, WeightsSource, apply_state_dict, read_state_dict,
+                      resolve_weights)
 
 
 @dataclass
@@ -84,9 +85,9 @@ class Predictor:
                  backend: str = "auto") -> "Predictor":
         """The base model with its 1000 ImageNet classes (names from torchvision's weights metadata)."""
         source: WeightsSource = resolve_weights(weights, allow_download=allow_download)
-        if not source.pretrained:
-            raise TunerError("The base ImageNet model needs its pretrained weights, and none were found. "
-                             + source.message.split(". ", 1)[-1])
+        if not source.pretrained:  # prediction never falls back to random weights, as training does
+            raise TunerError(f"The base ImageNet model needs its pretrained weights ({IMAGENET_FILENAME}), and none "
+                             f"were found: {source.fix or 'use weights=imagenet or the path of that file'}.")
         model = new_resnet50(1000)
         report = apply_state_dict(model, read_state_dict(source.path), Path(source.path).name)
         if any(k.startswith("fc.") for k in report.missing):

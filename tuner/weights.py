@@ -46,6 +46,7 @@ class WeightsSource:
     origin: str = ""  # "torch hub cache", "downloaded", "user file"
     message: str = ""  # one sentence for people
     searched: list[str] = field(default_factory=list)
+    fix: str = ""  # for missing ImageNet weights: how to provide them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,12 +108,12 @@ def resolve_weights(weights: str = "imagenet", allow_download: bool = True) -> W
                                  searched)
         except (OSError, urllib.error.URLError, TunerError) as exc:
             reason = f"the download failed ({short_reason(exc)})"
+    fix = f"copy {IMAGENET_FILENAME} (from {IMAGENET_URL}) into {cached.parent}, or pass its path as the weights file"
     return WeightsSource(
         "random", False, message=(
             f"No pretrained weights: {IMAGENET_FILENAME} is not in {cached.parent} and {reason}. Training starts "
-            f"from random initialisation, which needs far more data and epochs. To fix: copy {IMAGENET_FILENAME} "
-            f"(from {IMAGENET_URL}) into {cached.parent}, or pass its path as the weights file."),
-        searched=searched)
+            f"from random initialisation, which needs far more data and epochs. To fix: {fix}."),
+        searched=searched, fix=fix)
 
 
 def short_reason(exc: BaseException) -> str:
