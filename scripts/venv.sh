@@ -26,13 +26,21 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # --no-cache-dir: torch's CUDA build is ~5.5 GB installed; a second copy of its wheels in pip's cache
 # is what ran a CI machine out of disk. A reinstall downloads again instead.
-# Install only when the requirements changed since the last install (a stamp holds their hash).
-STAMP="$VENV/.tuner-requirements"
-WANT="$(cd "$ROOT" && cat "$@" | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  echo "Installing $* into $VENV (torch is large: a few minutes the first time)" >&2
-  (cd "$ROOT" && "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check $(printf -- '-r %s ' "$@"))
-  echo "$WANT" > "$STAMP"
+# Install a requirements file only when it changed since it was last installed: one stamp per file
+# holds its hash, so the studio (requirements.txt) and the tests (+ requirements-test.txt) do not
+# reinstall each other's set.
+CHANGED=()
+for REQ in "$@"; do
+  STAMP="$VENV/.tuner-stamp-$(basename "$REQ")"
+  [ "$(cat "$STAMP" 2>/dev/null)" = "$(cd "$ROOT" && sha256sum < "$REQ" | cut -d' ' -f1)" ] || CHANGED+=("$REQ")
+done
+if [ ${#CHANGED[@]} -gt 0 ]; then
+  echo "Installing ${CHANGED[*]} into $VENV (torch is large: a few minutes the first time)" >&2
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check \
+    $(printf -- '-r %s ' "${CHANGED[@]}"))
+  for REQ in "${CHANGED[@]}"; do
+    (cd "$ROOT" && sha256sum < "$REQ" | cut -d' ' -f1) > "$VENV/.tuner-stamp-$(basename "$REQ")"
+  done
 fi
 export PATH="$VENV/bin:$PATH"
 export GRADIO_ANALYTICS_ENABLED=False
