@@ -21,6 +21,7 @@ from tuner.ui.common import StudioSettings
 from tuner.workspace import default_root
 
 __all__ = ["build_app", "main", "parse_args"]
+SHUTDOWN_WAIT_S = 30  # for running jobs to reach the end of their batch when the server stops
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -62,18 +63,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     own_cache = use_own_gradio_cache(settings)
     # `docker stop` and service managers send SIGTERM, which would end Python on the spot and leave every
     # session's files behind; as Ctrl-C it closes the server (Gradio catches it) and the cleanup runs.
-    signal.signal(signal.SIGTERM, _interrupt)
+    handlers = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}  # put back when main() returns
     demo = None
     try:
         demo = build_app(settings)
         auth = tuple(args.auth.split(":", 1)) if args.auth else None
-        demo.launch(server_name=host, server_port=args.port, share=args.share, auth=auth, **launch_kwargs(demo))
+        # Launch without blocking, then block here: launch() returns at once in an interactive session,
+        # which must not run the cleanup below while the server still serves.
+        demo.launch(server_name=host, server_port=args.port, share=args.share, auth=auth, prevent_thread_lock=True,
+                    **launch_kwargs(demo))
+        demo.block_thread()  # until Ctrl-C or SIGTERM, which closes the server
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C or SIGTERM while Gradio was closing the server: clean up all the same
     finally:
+        still_running = _clean_up(demo, own_cache)
+        for stop_signal, handler in handlers.items():
+            signal.signal(stop_signal, handler)
+    if still_running:
+        # Jobs that did not stop in time run in worker threads; ending the interpreter under them can
+        # abort, and they could write into the folders just removed. Nothing of theirs is wanted now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def _clean_up(demo, own_cache: Path | None) -> int:
+    """Stop the sessions' jobs and delete their folders and the studio's Gradio cache; a second Ctrl-C or
+    SIGTERM skips the rest of the wait, never the deletion. Returns how many jobs were still running."""
+    still_running = 0
+    try:
         if demo is not None:
-            demo.studio.registry.close_all(wait_s=30)  # running jobs stop at their next batch first
+            if demo.studio.registry.sessions():
+                print(f"Stopping: running jobs end at their next batch (waiting up to {SHUTDOWN_WAIT_S} s; Ctrl-C "
+                      "again to skip), then every session's files are deleted.", file=sys.stderr)
+            still_running = demo.studio.registry.close_all(wait_s=SHUTDOWN_WAIT_S)
+    except KeyboardInterrupt:
+        still_running = 1  # the wait was cut short; close_all removed the folders all the same
+    finally:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):  # the deletion itself is quick: let it finish
+            signal.signal(stop_signal, signal.SIG_IGN)
         if own_cache is not None:
             shutil.rmtree(own_cache, ignore_errors=True)
-    return 0
+            if os.environ.get("GRADIO_TEMP_DIR") == str(own_cache):
+                del os.environ["GRADIO_TEMP_DIR"]  # a later main() in this process makes its own again
+    return still_running
 
 
 def use_own_gradio_cache(settings: StudioSettings) -> Path | None:

@@ -36,35 +36,49 @@ def test_more_processes_than_gpus_are_refused_with_the_torchrun_setting_to_use(m
         setup_runtime(TrainConfig(device="cuda"))
 
 
-def test_a_gpu_that_pytorch_cannot_use_is_explained(monkeypatch):
+def test_a_gpu_that_pytorch_cannot_use_is_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert "hides every GPU" in cuda_unusable_reason()
-    with pytest.raises(TunerError, match=r"no CUDA GPU is visible \(CUDA_VISIBLE_DEVICES is set to an empty value"):
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU" in cuda_unusable_reason()
+    with pytest.raises(TunerError, match=r"no CUDA GPU is visible \(CUDA_VISIBLE_DEVICES='-1' hides every GPU\)"):
         setup_runtime(TrainConfig(device="cuda"))
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    monkeypatch.setattr(runtime.shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+    driver = tmp_path / "version"
+    monkeypatch.setattr(runtime, "NVIDIA_DRIVER_FILE", driver)
+    monkeypatch.setattr(runtime, "NVIDIA_DEVICE_NODE", tmp_path / "nvidiactl")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
+    driver.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n")
+    (tmp_path / "nvidiactl").touch()
     reason = cuda_unusable_reason()
-    assert "built for CUDA 13.0" in reason and "'CUDA Version' of 13.0 or higher" in reason
-    assert "Update the NVIDIA driver" in reason
+    assert "NVIDIA driver 535 is older than this torch's CUDA 13.0 needs (580 or newer)" in reason
+
+    driver.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n")
+    assert "driver supports CUDA 13.0" in cuda_unusable_reason()  # new enough: the other causes are named
+    (tmp_path / "nvidiactl").unlink()  # the host's driver shows in a container, its GPUs only when passed in
+    assert "docker run --gpus all" in cuda_unusable_reason()
+
     monkeypatch.setattr(torch.version, "cuda", None)
     assert "CPU-only build" in cuda_unusable_reason()
 
+    driver.unlink()
     monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
-    monkeypatch.setattr(runtime, "Path", lambda path: type("Missing", (), {"exists": lambda self: False})())
     assert cuda_unusable_reason() == ""  # no driver: a CPU machine, nothing to explain
 
 
 def test_training_on_the_cpu_of_a_machine_with_an_unusable_gpu_warns_why(tmp_path, tiny_dataset, monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # GPUs hidden on purpose (as the test run does) get no warning
+    # The test run hides GPUs on purpose (no warning then); here they count as not hidden, and the
+    # machine's reason is made up, so the run trains on the CPU wherever the test runs.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "gpus_hidden", lambda: False)
     monkeypatch.setattr(runtime, "cuda_unusable_reason", lambda: "the driver is older than CUDA 13.0 needs")
-    events = list(train(tiny_config(tmp_path / "run", tiny_dataset, epochs=1)))
+    events = list(train(tiny_config(tmp_path / "run", tiny_dataset, epochs=1)))  # device="auto"
     warned = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
     assert "Training on the CPU: the driver is older than CUDA 13.0 needs." in warned
 
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert setup_runtime(TrainConfig(device="cpu")).gpu_note == ""  # the CPU was asked for: nothing to explain
+    monkeypatch.setattr(runtime, "gpus_hidden", lambda: True)
     assert setup_runtime(TrainConfig(device="auto")).gpu_note == ""
 
 
@@ -75,7 +89,7 @@ def test_compile_without_a_compiler_is_refused_before_training(tmp_path, tiny_da
     assert "needs a C compiler" in compile_blocker(torch.device("cuda"))  # Triton's launcher is C
     with pytest.raises(TunerError, match=r"needs a C\+\+ compiler .*apt-get install build-essential.*without "
                                          r"--compile"):
-        run_to_end(tiny_config(tmp_path / "run", tiny_dataset, epochs=1, compile=True))
+        run_to_end(tiny_config(tmp_path / "run", tiny_dataset, epochs=1, compile=True, device="cpu"))
     assert not (tmp_path / "run" / "last.pt").exists()
 
     monkeypatch.setattr(runtime.shutil, "which", lambda name: f"/usr/bin/{name}")

@@ -61,6 +61,35 @@ def test_closing_a_session_stops_its_job_then_removes_its_files(tmp_path):
             pass
 
 
+def test_stopping_the_server_waits_for_jobs_to_let_go_then_removes_everything(tmp_path):
+    registry = WorkspaceRegistry(tmp_path)
+    quick, slow = registry.get("quick"), registry.get("slow")
+    started = threading.Barrier(3)
+
+    def job(workspace, batch_s):  # stands in for training: checks the stop flag between "batches"
+        with workspace.job():
+            started.wait()
+            while not workspace.stop.is_set():
+                time.sleep(0.01)
+            time.sleep(batch_s)  # the batch in progress, then the stop checkpoint
+            workspace.runs.mkdir(parents=True, exist_ok=True)
+            (workspace.runs / "last.pt").write_bytes(b"checkpoint")
+
+    threads = [threading.Thread(target=job, args=(quick, 0.05)), threading.Thread(target=job, args=(slow, 3.0))]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    assert registry.close_all(wait_s=1.0) == 1  # the quick job let go in time; the slow one is still writing
+    assert not registry.root.exists()
+    threads[0].join()
+    assert not quick.root.exists() and not quick.served.exists()
+    threads[1].join()  # what a job still running writes afterwards is the process's exit to end (app.py)
+
+    registry = WorkspaceRegistry(tmp_path / "again")
+    registry.get("tab")
+    assert registry.close_all(wait_s=5.0) == 0 and not registry.root.exists()
+
+
 def test_one_job_at_a_time_per_session(tmp_path):
     workspace = WorkspaceRegistry(tmp_path).get("tab")
     with workspace.job():

@@ -8,6 +8,7 @@ process management of our own. Without torchrun, everything here is a single pro
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import timedelta
@@ -87,41 +88,68 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     if world_size > 1 and config.sync_bn and not use_cuda:
         raise TunerError("sync_bn needs CUDA GPUs (NCCL): SyncBatchNorm does not run on CPUs. Drop --sync-bn, or "
                          "keep BatchNorm frozen (trainable stages' BatchNorm then uses each rank's batch).")
+    if config.compile and (blocker := compile_blocker(device)):  # before a process group exists to be ended
+        raise TunerError(blocker)
     owns = False
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10),
                                 device_id=device if use_cuda else None)
         owns = True
-    if config.compile and (blocker := compile_blocker(device)):
-        raise TunerError(blocker)
     channels_last, layout_note = pick_channels_last(config, device, world_size)
     return Runtime(device=device, amp_dtype=pick_amp(config.amp, device), channels_last=channels_last,
                    layout_note=layout_note, num_workers=pick_workers(config.num_workers, device, world_size), rank=rank,
                    world_size=world_size, local_rank=local_rank, owns_process_group=owns,
-                   gpu_note="" if use_cuda or gpus_hidden() else cuda_unusable_reason())  # hidden: on purpose
+                   # Only when tuner chose the CPU: asked-for CPUs and GPUs hidden on purpose need no reason.
+                   gpu_note=cuda_unusable_reason() if config.device == "auto" and not use_cuda and not gpus_hidden()
+                   else "")
+
+
+# Oldest Linux driver each CUDA major version runs on (NVIDIA's minor-version compatibility table).
+MIN_DRIVER_FOR_CUDA = {11: 450, 12: 525, 13: 580}
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # the host kernel's driver, seen in containers too
+NVIDIA_DEVICE_NODE = Path("/dev/nvidiactl")  # present only where the GPUs are passed in
 
 
 def gpus_hidden() -> bool:
-    return os.environ.get("CUDA_VISIBLE_DEVICES", None) == ""
+    """GPUs hidden on purpose: CUDA_VISIBLE_DEVICES set to nothing, or to -1 (the usual idioms)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1")
+
+
+def nvidia_driver_version() -> int | None:
+    """The loaded NVIDIA kernel driver's major version (e.g. 580), from /proc; None when unknown."""
+    try:
+        text = NVIDIA_DRIVER_FILE.read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module(?: for [\w-]+)?\s+(\d+)\.\d+", text)
+    return int(match.group(1)) if match else None
 
 
 def cuda_unusable_reason() -> str:
     """Why PyTorch sees no CUDA GPU on a machine with an NVIDIA driver; '' when no driver is seen (or CUDA works).
 
-    The usual cause is a driver older than the CUDA version torch was built for: the CUDA build on PyPI
-    then quietly behaves like a CPU-only one, and a run meant for the GPU takes hours on the CPU.
+    Without this a CUDA build of torch quietly behaves like a CPU-only one, and a run meant for the GPU
+    takes hours on the CPU. The usual causes, told apart where the machine shows them: a driver older
+    than torch's CUDA version, a container started without its GPUs, GPUs hidden by CUDA_VISIBLE_DEVICES.
     """
     if torch.cuda.is_available():
         return ""
     if gpus_hidden():
-        return "CUDA_VISIBLE_DEVICES is set to an empty value, which hides every GPU"
-    if not (Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")):
+        return f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU"
+    if not (NVIDIA_DRIVER_FILE.exists() or shutil.which("nvidia-smi")):
         return ""
     if torch.version.cuda is None:
         return "an NVIDIA driver is installed, but this PyTorch is a CPU-only build: install a CUDA build of torch"
-    return (f"an NVIDIA driver is installed, but PyTorch cannot use it: this torch is built for CUDA "
-            f"{torch.version.cuda}, so `nvidia-smi` must show a 'CUDA Version' of {torch.version.cuda} or higher. "
-            "Update the NVIDIA driver, or install the torch build that matches it (pytorch.org, Get started)")
+    cuda = torch.version.cuda
+    driver, needed = nvidia_driver_version(), MIN_DRIVER_FOR_CUDA.get(int(cuda.split(".")[0]))
+    if driver is not None and needed is not None and driver < needed:
+        return (f"NVIDIA driver {driver} is older than this torch's CUDA {cuda} needs ({needed} or newer): update the "
+                "driver, or install the torch build for your driver's CUDA version (pytorch.org, Get started)")
+    if NVIDIA_DRIVER_FILE.exists() and not NVIDIA_DEVICE_NODE.exists():
+        return ("the host has an NVIDIA driver but no GPU is passed into this container: start it with "
+                "`docker run --gpus all` (NVIDIA container toolkit)")
+    return (f"an NVIDIA driver is installed, but PyTorch cannot use the GPU: check that `nvidia-smi` lists it, that "
+            f"CUDA_VISIBLE_DEVICES does not hide it, and that the driver supports CUDA {cuda} (this torch's build)")
 
 
 def compile_blocker(device: torch.device) -> str:

@@ -122,6 +122,7 @@ def engine_runner(engine_path: str | os.PathLike) -> Callable[[torch.Tensor], np
     stream = torch.cuda.Stream()
 
     def run_batch(x: torch.Tensor) -> torch.Tensor:
+        stream.wait_stream(torch.cuda.current_stream())  # an input made on the GPU is finished first
         with torch.cuda.stream(stream):
             x = x.float().contiguous().cuda()
             context.set_input_shape(INPUT_NAME, tuple(x.shape))

@@ -228,6 +228,7 @@ class WorkspaceRegistry:
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
         self._workspaces: dict[str, Workspace] = {}
+        self._cleanups: list[threading.Thread] = []  # ended sessions whose jobs may still be stopping
         self._lock = threading.Lock()
 
     def get(self, session_id: str | None) -> Workspace:
@@ -258,7 +259,7 @@ class WorkspaceRegistry:
         with self._lock:
             workspace = self._workspaces.pop(session_id or "", None)
         if workspace is not None:
-            _dispose(workspace)
+            self._track(_dispose(workspace))
 
     def sweep(self) -> None:
         """Remove workspaces idle for longer than the time-to-live (sessions whose tab never said goodbye)."""
@@ -267,20 +268,30 @@ class WorkspaceRegistry:
             expired = [sid for sid, ws in self._workspaces.items() if now - ws.last_used > self.ttl_s and not ws.busy]
             gone = [self._workspaces.pop(sid) for sid in expired]
         for workspace in gone:
-            _dispose(workspace)
+            self._track(_dispose(workspace))
 
-    def close_all(self, wait_s: float = 0.0) -> None:
+    def _track(self, cleanup: threading.Thread) -> None:
+        with self._lock:
+            self._cleanups = [c for c in self._cleanups if c.is_alive()] + [cleanup]
+
+    def close_all(self, wait_s: float = 0.0) -> int:
         """End every session (the server is stopping): stop their jobs, then delete every folder.
 
-        `wait_s`: how long to wait for running jobs to reach the end of their batch, so that they let go of
-        their folders before the whole tree is removed (0: do not wait)."""
+        `wait_s`: how long to wait for running jobs to reach the end of their batch, so that they let go
+        of their folders before the whole tree is removed (0: do not wait). Returns how many jobs were
+        still running when the tree was removed: they may write into it again until the process ends.
+        """
         with self._lock:
             gone, self._workspaces = list(self._workspaces.values()), {}
-        cleanups = [_dispose(workspace) for workspace in gone]
+            earlier = self._cleanups  # sessions closed just before (a tab closing as the server stops)
+        cleanups = earlier + [_dispose(workspace) for workspace in gone]
         deadline = time.monotonic() + wait_s
-        for cleanup in cleanups:
-            cleanup.join(max(0.0, deadline - time.monotonic()))
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            for cleanup in cleanups:
+                cleanup.join(max(0.0, deadline - time.monotonic()))
+        finally:  # also when the wait is cut short (a second Ctrl-C)
+            shutil.rmtree(self.root, ignore_errors=True)
+        return sum(cleanup.is_alive() for cleanup in cleanups)
 
 
 def _dispose(workspace: Workspace) -> threading.Thread:
