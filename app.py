@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from gradio.tunneling import CURRENT_TUNNELS
+
 from tuner.ui import build_app, launch_kwargs
 from tuner.ui.common import StudioSettings
 from tuner.workspace import default_root
@@ -73,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # which must not run the cleanup below while the server still serves.
         demo.launch(server_name=host, server_port=args.port, share=args.share, auth=auth, prevent_thread_lock=True,
                     **launch_kwargs(demo))
-        demo.block_thread()  # until Ctrl-C or SIGTERM, which closes the server
+        if not demo.server.should_exit:  # with GRADIO_DEBUG=1 launch() blocked itself, until the server closed
+            demo.block_thread()  # until Ctrl-C or SIGTERM, which closes the server
     except KeyboardInterrupt:
         pass  # a second Ctrl-C or SIGTERM while Gradio was closing the server: clean up all the same
     finally:
@@ -100,10 +103,14 @@ def _clean_up(demo, own_cache: Path | None) -> int:
                       "again to skip), then every session's files are deleted.", file=sys.stderr)
             still_running = demo.studio.registry.close_all(wait_s=SHUTDOWN_WAIT_S)
     except KeyboardInterrupt:
-        still_running = 1  # the wait was cut short; close_all removed the folders all the same
+        still_running = 1  # the wait was cut short; the folders are removed below all the same
     finally:
         for stop_signal in (signal.SIGINT, signal.SIGTERM):  # the deletion itself is quick: let it finish
             signal.signal(stop_signal, signal.SIG_IGN)
+        if demo is not None:  # again, in case a signal cut close_all short (idempotent)
+            shutil.rmtree(demo.studio.registry.root, ignore_errors=True)
+        for tunnel in CURRENT_TUNNELS:  # --share: Gradio's own kill was skipped if a second signal came early
+            tunnel.kill()
         if own_cache is not None:
             shutil.rmtree(own_cache, ignore_errors=True)
             if os.environ.get("GRADIO_TEMP_DIR") == str(own_cache):

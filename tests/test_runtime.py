@@ -54,6 +54,8 @@ def test_a_gpu_that_pytorch_cannot_use_is_explained(monkeypatch, tmp_path):
     reason = cuda_unusable_reason()
     assert "NVIDIA driver 535 is older than this torch's CUDA 13.0 needs (580 or newer)" in reason
 
+    driver.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build\n")
+    assert "NVIDIA driver 570 is older" in cuda_unusable_reason()  # the open kernel module's wording
     driver.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n")
     assert "driver supports CUDA 13.0" in cuda_unusable_reason()  # new enough: the other causes are named
     (tmp_path / "nvidiactl").unlink()  # the host's driver shows in a container, its GPUs only when passed in

@@ -64,7 +64,7 @@ def test_closing_a_session_stops_its_job_then_removes_its_files(tmp_path):
 def test_stopping_the_server_waits_for_jobs_to_let_go_then_removes_everything(tmp_path):
     registry = WorkspaceRegistry(tmp_path)
     quick, slow = registry.get("quick"), registry.get("slow")
-    started = threading.Barrier(3)
+    started = threading.Barrier(3, timeout=10)
 
     def job(workspace, batch_s):  # stands in for training: checks the stop flag between "batches"
         with workspace.job():
@@ -79,6 +79,7 @@ def test_stopping_the_server_waits_for_jobs_to_let_go_then_removes_everything(tm
     for thread in threads:
         thread.start()
     started.wait()
+    registry.close("slow")  # its tab closed just before the server stops: its job must be waited for too
     assert registry.close_all(wait_s=1.0) == 1  # the quick job let go in time; the slow one is still writing
     assert not registry.root.exists()
     threads[0].join()

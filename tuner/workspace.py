@@ -256,23 +256,22 @@ class WorkspaceRegistry:
 
     def close(self, session_id: str | None) -> None:
         """The session ended (tab closed): stop its job; delete its files once the job has let go."""
-        with self._lock:
+        with self._lock:  # one step, so that close_all never misses a session closing at the same moment
             workspace = self._workspaces.pop(session_id or "", None)
-        if workspace is not None:
-            self._track(_dispose(workspace))
+            if workspace is not None:
+                self._track(_dispose(workspace))
 
     def sweep(self) -> None:
         """Remove workspaces idle for longer than the time-to-live (sessions whose tab never said goodbye)."""
         now = time.time()
         with self._lock:
             expired = [sid for sid, ws in self._workspaces.items() if now - ws.last_used > self.ttl_s and not ws.busy]
-            gone = [self._workspaces.pop(sid) for sid in expired]
-        for workspace in gone:
-            self._track(_dispose(workspace))
+            for sid in expired:
+                self._track(_dispose(self._workspaces.pop(sid)))
 
     def _track(self, cleanup: threading.Thread) -> None:
-        with self._lock:
-            self._cleanups = [c for c in self._cleanups if c.is_alive()] + [cleanup]
+        """Remember a closed session's cleanup (under self._lock; _dispose itself never takes it)."""
+        self._cleanups = [c for c in self._cleanups if c.is_alive()] + [cleanup]
 
     def close_all(self, wait_s: float = 0.0) -> int:
         """End every session (the server is stopping): stop their jobs, then delete every folder.
