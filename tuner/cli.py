@@ -232,7 +232,8 @@ class ConsoleRenderer:
                        f"  val loss {event.val_loss:.4f} acc {event.val_acc:.1%}  lr {event.lr:.3g}  "
                        f"{event.seconds:.1f}s{'  *best' if event.improved else ''}")
         elif name == "Finished":
-            self._line(f"{event.status.replace('_', ' ').capitalize()} after {event.epochs_done} epoch{'' if event.epochs_done == 1 else 's'}; best val "
+            epochs = f"{event.epochs_done} epoch{'' if event.epochs_done == 1 else 's'}"
+            self._line(f"{event.status.replace('_', ' ').capitalize()} after {epochs}; best val "
                        f"accuracy {event.best_val_acc:.1%} (epoch {event.best_epoch}). Checkpoint: {event.checkpoint}")
 
 
@@ -424,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=64, help="validation images used to verify each format "
                    "(1 to 1000; default: 64)")
     p.add_argument("--benchmark", action="store_true", help="time each format against PyTorch eager on the same device")
-    p.add_argument("--trt-int8", action="store_true", help="TensorRT: allow INT8 layers too, calibrated on your training images "
-                   "(default: FP16); like INT8 ONNX, its agreement is reported, not required")
+    p.add_argument("--trt-int8", action="store_true", help="TensorRT: allow INT8 layers too, calibrated on your "
+                   "training images (default: FP16); like INT8 ONNX, its agreement is reported, not required")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_export)
 

@@ -71,10 +71,10 @@ def setup_runtime(config: TrainConfig) -> Runtime:
                          + ": use device='auto' or 'cpu'.")
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if use_cuda:
-        if world_size > 1 and local_rank >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        if world_size > 1 and local_rank >= count:
             # NCCL needs a GPU of its own per process; without this check set_device fails with
             # "invalid device ordinal".
-            count = torch.cuda.device_count()
             raise TunerError(f"This process is local rank {local_rank}, but this machine shows {count} CUDA GPU"
                              f"{'s' if count != 1 else ''}: start one process per GPU (torchrun "
                              f"--nproc_per_node={count}), or train on the CPUs with --device cpu.")

@@ -387,7 +387,6 @@ class _Run:
         factor = self._lr_factor(self.scheduler.last_epoch)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if saved.get("scaler_state"):
             self.scaler.load_state_dict(saved["scaler_state"])
         self.history = list(saved.get("history", []))
