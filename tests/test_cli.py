@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ROOT, TINY_SIZE
 from tuner.cli import build_parser, command_for, config_from_args, uncovered_config_fields
+from tuner.cli import main as cli_main
+from tuner.errors import rename_settings, setting_names
 from tuner.config import AugmentConfig, TrainConfig
 
 
@@ -81,21 +83,50 @@ def test_offline_training_without_weights_says_so_on_stderr(tmp_path, tiny_datas
     assert metrics["weights"]["kind"] == "random" and IMAGENET_FILENAME in metrics["weights"]["message"]
 
 
-@pytest.mark.parametrize("args, message", [
+USER_ERRORS = [
     (["train", "--data", "/no/such/folder", "--out", "OUT"], "Dataset folder not found"),
-    (["train", "--epochs", "0", "--out", "OUT"], "at least 1 epoch"),
-    (["train", "--trainable", "layer4", "--backbone-lr-mult", "0", "--out", "OUT"], "trainable='head'"),
-    (["train", "--backbone-lr-mult", "-1", "--out", "OUT"], "use 0 or more"),
+    (["train", "--epochs", "0", "--out", "OUT"], "--epochs=0: train for at least 1 epoch"),
+    (["train", "--trainable", "layer4", "--backbone-lr-mult", "0", "--out", "OUT"],
+     "--backbone-lr-mult=0 with --trainable='layer4' would unfreeze stages that never change: use "
+     "--trainable='head'"),
+    (["train", "--backbone-lr-mult", "-1", "--out", "OUT"], "--backbone-lr-mult=-1.0: use 0 or more"),
+    (["train", "--trainable", "layer4", "--head-epochs", "3", "--epochs", "3", "--out", "OUT"],
+     "--head-epochs=3 leaves no epoch to fine-tune deeper stages: use fewer than --epochs=3."),
+    (["train", "--trainable", "layer4", "--batch-size", "1", "--out", "OUT"],
+     "--batch-size=1 cannot train BatchNorm layers (they need two images to measure a batch): use --batch-size "
+     "2 or more, or --trainable='head' with --bn='frozen'."),
     (["predict", "--checkpoint", "/no/such.pt", "x.png"], "Checkpoint not found"),
     (["predict", "x.png"], "--checkpoint FILE"),
     (["predict", "--imagenet", "x.png"], "needs its pretrained weights (resnet50-0676ba61.pth), and none were found: "
                                          "copy resnet50-0676ba61.pth (from https://"),
     (["evaluate", "--checkpoint", "/no/such.pt"], "Checkpoint not found"),
-])
-def test_user_errors_are_one_clear_line_without_traceback(tmp_path, args, message):
-    result = tuner(*[str(tmp_path / "out") if a == "OUT" else a for a in args])
+]
+
+
+@pytest.mark.parametrize("args, message", USER_ERRORS)
+def test_user_errors_are_one_line_that_names_the_flags_typed(tmp_path, capsys, args, message):
+    # In-process (main() is what `python -m tuner` runs), so each case costs no interpreter start;
+    # an unexpected exception would escape main() and fail the test with its traceback.
+    code = cli_main([str(tmp_path / "out") if a == "OUT" else a for a in args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_only_settings_are_renamed_never_words_in_the_prose():
+    flags = {"epochs": "--epochs", "head_epochs": "--head-epochs", "scale": "--scale", "out": "--out"}
+    prose = "use 0 up to epochs-1 (4), scale the image down, or write out fewer epochs"
+    assert rename_settings(prose, flags) == prose  # plain words count only as assignments
+    assert rename_settings("head_epochs=2 and epochs=3; out='' given", flags) == \
+        "--head-epochs=2 and --epochs=3; --out='' given"
+    assert setting_names("epochs=3 after head_epochs", flags) == ["epochs", "head_epochs"]
+
+
+def test_a_user_error_in_a_real_process_is_one_line_without_traceback(tmp_path):
+    result = tuner("train", "--data", "/no/such/folder", "--out", str(tmp_path / "out"))
     assert result.returncode == 2
-    assert message in result.stderr
+    assert result.stderr.startswith("error: Dataset folder not found")
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

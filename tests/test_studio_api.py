@@ -193,7 +193,11 @@ def test_errors_reach_the_user_as_one_message_with_the_fix_and_no_server_paths(s
     load(c)
     with pytest.raises(Exception) as err:
         c.predict(epochs=2, head_epochs=2, trainable="layer4", **FAST, api_name="/train")
-    assert "head_epochs=2 leaves no epoch to fine-tune" in error_text(err.value)
+    message = error_text(err.value)
+    assert "head_epochs=2 leaves no epoch to fine-tune" in message  # the API's own names, as the call used them
+    # ... and where a person in the browser finds each setting named
+    assert ("In the studio: head_epochs is 'Two-stage recipe: head-only epochs first (0 = off)' (Train tab); "
+            "epochs is 'Epochs' (Train tab).") in message
 
 
 def test_a_server_folder_outside_the_servers_own_folders_can_be_evaluated(studio, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from .config import (AMP_CHOICES, AUGMENT_PRESETS, BN_CHOICES, DEVICE_CHOICES, FEATURE_CACHE_CHOICES,
                      IMBALANCE_CHOICES, OPTIMIZERS, SCHEDULERS, TRAINABLE_CHOICES, AugmentConfig, TrainConfig)
-from .errors import TunerError
+from .errors import TunerError, rename_settings
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,9 @@ TRAIN_FLAGS = [
     Flag("--compile", "compile", switch=True, help="torch.compile the model (GPU, long runs; needs a C/C++ compiler)"),
     Flag("--sync-bn", "sync_bn", switch=True, help="under torchrun: synchronise BatchNorm across ranks"),
 ]
+
+# Config field -> the flag that sets it, for error messages (switches are never assigned in them).
+FLAG_FOR_FIELD = {f.field.split(".")[-1]: f.flag for f in TRAIN_FLAGS if not f.switch and f.field != "augment.preset"}
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -446,7 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except TunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if args.func is cmd_train:  # config checks name fields; here the user typed flags
+            message = rename_settings(message, FLAG_FOR_FIELD)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)

@@ -177,8 +177,11 @@ class TrainConfig:
             raise TunerError(f"weight_decay={self.weight_decay}: use 0 or more.")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise TunerError(f"warmup_epochs={self.warmup_epochs}: use 0 up to epochs-1 ({self.epochs - 1}).")
-        if self.step_size < 1 or not 0 < self.gamma <= 1:
-            raise TunerError("step scheduler: step_size must be at least 1 and gamma between 0 and 1.")
+        if self.step_size < 1:
+            raise TunerError(f"step_size={self.step_size}: the step scheduler needs at least 1 epoch between decays.")
+        if not 0 < self.gamma <= 1:
+            raise TunerError(f"gamma={self.gamma}: the step scheduler's decay factor must be above 0 and at most 1 "
+                             "(0.1 is usual).")
         if not 0 <= self.label_smoothing < 1:
             raise TunerError(f"label_smoothing={self.label_smoothing}: use 0 to below 1 (0.1 is usual).")
         if self.early_stopping < 0:
@@ -192,7 +195,7 @@ class TrainConfig:
         if self.num_workers < -1:
             raise TunerError(f"num_workers={self.num_workers}: use -1 (auto), 0 or more.")
         if not str(self.out).strip():
-            raise TunerError("out is empty: name a folder for checkpoints, e.g. runs/my-model.")
+            raise TunerError(f"out={self.out!r} is empty: name a folder for checkpoints, e.g. runs/my-model.")
         self.augment.validate()
         return self
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from ..errors import TunerError
+from ..errors import TunerError, setting_names
 from ..weights import hub_checkpoint_dir
 from ..workspace import Workspace, WorkspaceRegistry
 
@@ -49,6 +49,20 @@ class Studio:
         self.settings = settings
         self.registry = WorkspaceRegistry(settings.workdir, ttl_s=settings.session_ttl_min * 60,
                                           max_sessions=settings.max_sessions)
+        self.setting_labels: dict[str, str] = {}  # config field -> how the studio shows it
+
+    def label_settings(self, widgets: dict[str, gr.components.Component], tab: str) -> None:
+        """Remember which widget sets each config field, so that error messages can point to it."""
+        for field, widget in widgets.items():
+            if getattr(widget, "label", None):
+                self.setting_labels.setdefault(field, f"'{widget.label}' ({tab} tab)")
+
+    def where_settings(self, text: str) -> str:
+        """Engine messages name config fields (the API's words); add where each one is on the page."""
+        named = setting_names(text, self.setting_labels)
+        if not named:
+            return text
+        return f"{text} In the studio: " + "; ".join(f"{f} is {self.setting_labels[f]}" for f in named) + "."
 
     def workspace(self, request: gr.Request | None) -> Workspace:
         return self.registry.get(getattr(request, "session_hash", None))
@@ -86,7 +100,7 @@ def user_facing(studio: Studio) -> Callable[[Callable], Callable]:
         except TunerError:
             pass
         if isinstance(exc, TunerError):
-            return gr.Error(studio.public(str(exc), workspace), print_exception=False)
+            return gr.Error(studio.where_settings(studio.public(str(exc), workspace)), print_exception=False)
         log.exception("unexpected error in the studio")
         kind = type(exc).__name__
         return gr.Error(f"Something went wrong ({kind}: {studio.public(str(exc), workspace)[:200]}). Your files "

@@ -77,6 +77,7 @@ def build(studio: Studio) -> dict:
                                visible=False, elem_id="data-zip")
             folder = gr.Textbox(label="Folder on this server", placeholder="/path/to/images", visible=False)
             val_ratio = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Validation share (when there is no val/ folder)")
+            studio.label_settings({"val_ratio": val_ratio}, "Data")
             load = gr.Button("Load data", variant="primary", elem_id="load-data")
         with gr.Column(scale=2):
             summary = gr.Markdown("No data loaded yet.", elem_id="data-summary")

@@ -133,11 +133,11 @@ class TrainForm:
                 try:
                     plain[name] = float(value)
                 except ValueError:
-                    raise TunerError(f"The {name.replace('_', ' ')} {value!r} is not a number: type e.g. 0.001, "
+                    raise TunerError(f"'{self.fields[name].label}' {value!r} is not a number: type e.g. 0.001, "
                                      "or choose auto.") from None
         for name, value in values.items():
             if value is None or value == "":
-                raise TunerError(f"The setting '{name.replace('_', ' ')}' is empty: give it a value.")
+                raise TunerError(f"The setting '{self.fields[name].label}' is empty: give it a value.")
             plain[name] = int(value) if name in ints else value
         plain.update(overrides)
         return TrainConfig(augment=augment, **plain).validate()
@@ -176,6 +176,8 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
             log = gr.Textbox(label="Log", lines=9, max_lines=9, autoscroll=True, elem_id="train-log")
             checkpoint = gr.File(label="Checkpoint (best.pt)", elem_id="train-checkpoint", height=90)
     form = TrainForm(trainable)
+    studio.label_settings({"trainable": trainable}, "Model")  # the freeze depth is chosen there
+    studio.label_settings(form.fields, "Train")
     with gr.Accordion("Same run from the command line", open=False):
         command = gr.Code(language="shell", label="One machine", elem_id="train-command")
         torchrun = gr.Code(language="shell", label="Several GPUs (torchrun, DistributedDataParallel)",
