@@ -114,6 +114,20 @@ def test_user_errors_are_one_line_that_names_the_flags_typed(tmp_path, capsys, a
     assert len(err.strip().splitlines()) == 1
 
 
+def test_the_last_line_reports_no_accuracy_before_any_epoch_was_validated():
+    import io
+
+    from tuner.cli import ConsoleRenderer
+    from tuner.train import Finished
+
+    stream = io.StringIO()
+    ConsoleRenderer(stream)(Finished("stopped", 0, 0.0, 0, "runs/x", "runs/x/last.pt"))
+    ConsoleRenderer(stream)(Finished("completed", 2, 0.75, 2, "runs/x", "runs/x/best.pt"))
+    assert stream.getvalue().splitlines() == [
+        "Stopped after 0 epochs; no epoch validated yet. Checkpoint: runs/x/last.pt",
+        "Completed after 2 epochs; best val accuracy 75.0% (epoch 2). Checkpoint: runs/x/best.pt"]
+
+
 def test_only_settings_are_renamed_never_words_in_the_prose():
     flags = {"epochs": "--epochs", "head_epochs": "--head-epochs", "scale": "--scale", "out": "--out"}
     prose = "use 0 up to epochs-1 (4), scale the image down, or write out fewer epochs"

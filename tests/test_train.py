@@ -15,7 +15,7 @@ from conftest import TINY_SIZE, make_image_folder
 from tuner.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.config import AugmentConfig, TrainConfig
 from tuner.errors import TunerError
-from tuner.model import stage_of
+from tuner.model import new_resnet50, stage_of
 from tuner.train import CheckpointSaved, EpochEnd, Finished, Progress, StageStarted, run_to_end, train
 
 
@@ -84,16 +84,17 @@ def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, tiny_dataset):
 
 
 class StopAfter:
-    """A stop signal that trips after `n` training batches (what the Stop button does, deterministically)."""
+    """A stop signal that trips after `n` batches of `phase` (what the Stop button does, deterministically)."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, phase: str = "train"):
         self.n = n
+        self.phase = phase
         self.event = threading.Event()
 
     def watch(self, events):
         seen = 0
         for event in events:
-            if isinstance(event, Progress) and event.phase == "train":
+            if isinstance(event, Progress) and event.phase == self.phase:
                 seen += 1
                 if seen >= self.n:
                     self.event.set()
@@ -135,12 +136,38 @@ def test_stop_and_resume_on_the_feature_cache_path(tmp_path, tiny_dataset):
     assert torch.equal(final["model_state"]["fc.weight"], expected["model_state"]["fc.weight"])
 
 
-def test_a_stop_during_feature_extraction_still_leaves_a_checkpoint(tmp_path, tiny_dataset):
+def test_a_stop_before_the_first_batch_still_leaves_a_checkpoint(tmp_path, tiny_dataset):
     stop = threading.Event()
     stop.set()
     events = collect(tiny_config(tmp_path / "run", tiny_dataset), stop=stop)
     assert events[-1].status == "stopped"
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 0
+    assert state["batchnorm_measured"] is False  # the random backbone's statistics are still to be measured
+
+
+def test_stop_while_measuring_batchnorm_is_honoured_within_a_batch_and_resume_measures_again(tmp_path,
+                                                                                               tiny_dataset):
+    # A random backbone's statistics pass runs before any training batch; at 512 px it took minutes and
+    # used to ignore Stop (and a closed browser tab) until it ended.
+    run_to_end(tiny_config(tmp_path / "whole", tiny_dataset, epochs=1))
+    expected = load_checkpoint(tmp_path / "whole" / "last.pt")
+    config = tiny_config(tmp_path / "split", tiny_dataset, epochs=1)
+    stopper = StopAfter(1, phase="batchnorm")
+    events = list(stopper.watch(train(config, stop=stopper.event)))
+    assert events[-1].status == "stopped"
+    assert [e.step for e in events if isinstance(e, Progress) and e.phase == "batchnorm"] == [1]  # of 4 batches
+    stopped = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert stopped["batchnorm_measured"] is False
+    built = new_resnet50(3).state_dict()  # the half-measured statistics were put back as built
+    assert all(torch.equal(stopped["model_state"][k], built[k]) for k in built if "running_" in k)
+    resumed = collect(config, resume=True)
+    assert any(isinstance(e, Progress) and e.phase == "batchnorm" for e in resumed)
+    assert resumed[-1].status == "completed"
+    final = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert final["batchnorm_measured"] is True
+    for key, value in expected["model_state"].items():
+        assert torch.equal(final["model_state"][key], value), key
 
 
 def test_resume_can_extend_epochs_but_keeps_the_run_settings(tmp_path, tiny_dataset):
@@ -150,6 +177,7 @@ def test_resume_can_extend_epochs_but_keeps_the_run_settings(tmp_path, tiny_data
     events = collect(longer, resume=True)
     warnings = [e.text for e in events if type(e).__name__ == "Message" and e.level == "warning"]
     assert any("ignored: lr" in w for w in warnings)
+    assert not any("No pretrained weights" in w for w in warnings)  # said by the first run; this one resumes
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 2 and state["config"]["lr"] == 0.05
 

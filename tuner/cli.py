@@ -210,8 +210,9 @@ class ConsoleRenderer:
             return
         if name == "Progress":
             if self.tty:
-                label = {"decode": "reading images", "features": "computing features", "train": "train",
-                         "val": "validate"}.get(event.phase, event.phase)
+                label = {"decode": "reading images", "batchnorm": "measuring BatchNorm statistics",
+                         "features": "computing features", "train": "train", "val": "validate"}.get(event.phase,
+                                                                                                   event.phase)
                 extra = f" loss {event.loss:.3f} acc {event.acc:.1%}" if event.loss is not None else ""
                 epoch = f"epoch {event.epoch} " if event.epoch else ""
                 self.stream.write(f"\r\033[K{epoch}{label} {_bar(event.step, event.steps)}{extra}")
@@ -236,8 +237,10 @@ class ConsoleRenderer:
                        f"{event.seconds:.1f}s{'  *best' if event.improved else ''}")
         elif name == "Finished":
             epochs = f"{event.epochs_done} epoch{'' if event.epochs_done == 1 else 's'}"
-            self._line(f"{event.status.replace('_', ' ').capitalize()} after {epochs}; best val "
-                       f"accuracy {event.best_val_acc:.1%} (epoch {event.best_epoch}). Checkpoint: {event.checkpoint}")
+            best = (f"best val accuracy {event.best_val_acc:.1%} (epoch {event.best_epoch})" if event.best_epoch
+                    else "no epoch validated yet")
+            self._line(f"{event.status.replace('_', ' ').capitalize()} after {epochs}; {best}. "
+                       f"Checkpoint: {event.checkpoint}")
 
 
 # ---- commands ------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ which is what lets the feature cache reuse its outputs. `bn="train"` updates the
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -164,6 +165,15 @@ def calibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> No
     One pass in train mode with a cumulative average gives every layer the statistics of the user's
     images; after that, frozen stages are a well-scaled fixed function like a pretrained one.
     """
+    with measuring_batchnorm(model):
+        for x in batches:
+            model(x)
+
+
+@contextlib.contextmanager
+def measuring_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Inside: every forward pass adds to freshly reset BatchNorm statistics (a cumulative average), without
+    gradients. For callers that go batch by batch, e.g. to honour a stop request between two batches."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -172,8 +182,8 @@ def calibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> No
     was_training = model.training
     model.train()
     try:
-        for x in batches:
-            model(x)
+        with torch.no_grad():  # running statistics update all the same; no graph is kept
+            yield
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum

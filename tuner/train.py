@@ -36,7 +36,7 @@ from .data import (MEAN, STD, DatasetSpec, EpochBatchSampler, ImageCache, ImageD
 from .errors import TunerError
 from .evaluate import confusion_matrix, per_class_report
 from .features import FeatureStore, build_store, cache_folder, cache_key, check_plan_frozen, plan_cache
-from .model import (build_model, calibrate_batchnorm, count_parameters, forward_from, freeze, make_optimizer,
+from .model import (build_model, count_parameters, forward_from, freeze, make_optimizer, measuring_batchnorm,
                     new_resnet50, parameter_groups, set_train_mode)
 from .runtime import Runtime, all_reduce_sum, barrier, end_process_group, setup_runtime, world_from_env
 from .weights import WeightsSource, resolve_weights
@@ -95,7 +95,8 @@ class StageStarted(Event):
 
 @dataclass
 class Progress(Event):
-    phase: str  # "decode" (reading images once) | "features" (filling the cache) | "train" | "val"
+    phase: str  # "decode" (reading images once) | "batchnorm" (measuring statistics for a random backbone)
+    #             | "features" (filling the cache) | "train" | "val"; epoch 0: before the first epoch
     epoch: int  # 1-based
     step: int
     steps: int
@@ -210,6 +211,9 @@ class _Run:
         self.store: FeatureStore | None = None
         self.ignored_on_resume: list[str] = []
         self.last_lr: float | None = None  # the rate the latest step used
+        # False while a random backbone's BatchNorm statistics are still to be measured; a checkpoint saved
+        # then (a stop before the first batch) says so, and its resume measures them.
+        self.batchnorm_measured = True
         # Set up in events(): where it runs, the starting weights, the model and what wraps it for training.
         self.runtime: Runtime
         self.source: WeightsSource
@@ -284,7 +288,7 @@ class _Run:
         yield RunStarted(str(self.out), spec.classes, len(spec.train), len(spec.val), runtime.describe(),
                          self.source.to_dict(), report, start_epoch, start_batch, config.epochs,
                          runtime.rank, runtime.world_size)
-        if not self.source.pretrained:
+        if not self.source.pretrained and not saved:  # a resume continues from trained weights: no warning
             yield Message("warning", self.source.message)
         if runtime.gpu_note:
             yield Message("warning", f"Training on the CPU: {runtime.gpu_note}.")
@@ -299,7 +303,9 @@ class _Run:
             yield self._finish("completed", start_epoch)
             return
         yield from self._decode_images()
-        if not saved and not self.source.pretrained and config.bn == "frozen" and not self._stop_requested():
+        measured = bool(saved.get("batchnorm_measured", True)) if saved else False
+        self.batchnorm_measured = measured or self.source.pretrained or config.bn != "frozen"  # nothing to measure
+        if not self.batchnorm_measured and not self._stop_requested():
             yield from self._calibrate_batchnorm()
         if self._stop_requested():  # stopped while reading images: nothing trained yet, the checkpoint says so
             yield from self._stopped(start_epoch, start_batch, partial)
@@ -317,8 +323,19 @@ class _Run:
         chunks = [c for c in chunks if len(c) > 1]  # BatchNorm needs two images to measure a variance
         yield Message("info", f"No pretrained BatchNorm statistics: measuring them on {sum(map(len, chunks))} "
                       "training images before freezing (no learning happens in this pass).")
-        batches = (torch.stack([plain[i][0] for i in c]).to(self.runtime.device) for c in chunks)
-        calibrate_batchnorm(self.model, batches)
+        # Before the first batch, so a stop in this pass puts back the untouched statistics: the checkpoint
+        # then holds the model as it was built, and its resume measures them from the start.
+        before = {name: b.clone() for name, b in self.model.named_buffers()}
+        with measuring_batchnorm(self.model):
+            for done, chunk in enumerate(chunks):
+                if self._stop_requested():
+                    for name, b in self.model.named_buffers():
+                        b.copy_(before[name])
+                    self.batchnorm_measured = False
+                    return
+                self.model(torch.stack([plain[i][0] for i in chunk]).to(self.runtime.device))
+                yield Progress("batchnorm", 0, done + 1, len(chunks))
+        self.batchnorm_measured = True
         if self.runtime.distributed:  # every rank must freeze the same statistics
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
@@ -597,6 +614,7 @@ class _Run:
             "config": self.config.to_dict(), "epoch": epoch, "next_batch": next_batch, "partial_epoch": partial,
             "history": list(self.history), "best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs, "best_metrics": self.best_metrics,
+            "batchnorm_measured": self.batchnorm_measured,
             "optimizer_state": self.optimizer.state_dict(), "scheduler_state": self.scheduler.state_dict(),
             "scaler_state": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng_state": {"torch": torch.get_rng_state(), "python": list(random.getstate())},

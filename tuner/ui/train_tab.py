@@ -154,8 +154,8 @@ def progress_html(label: str, done: int, total: int) -> str:
             f"</div></div></div>")
 
 
-PHASES = {"decode": "Reading images", "features": "Computing backbone features (once)", "train": "Training",
-          "val": "Validating"}
+PHASES = {"decode": "Reading images", "batchnorm": "Measuring BatchNorm statistics (random backbone, once)",
+          "features": "Computing backbone features (once)", "train": "Training", "val": "Validating"}
 
 
 def build(studio: Studio, trainable: gr.Radio) -> dict:
@@ -224,8 +224,8 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
             elif isinstance(event, Message):
                 say(("Warning: " if event.level == "warning" else "") + event.text)
             elif isinstance(event, Progress):
-                label = f"{PHASES.get(event.phase, event.phase)}: epoch {event.epoch}/{config.epochs}, " \
-                        f"step {event.step}/{event.steps}"
+                when = f"epoch {event.epoch}/{config.epochs}, " if event.epoch else ""  # 0: before the first
+                label = f"{PHASES.get(event.phase, event.phase)}: {when}step {event.step}/{event.steps}"
                 done, total = event.step, event.steps
                 if time.monotonic() - last_draw >= UPDATE_EVERY_S:
                     last_draw = time.monotonic()
@@ -244,8 +244,9 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
             elif isinstance(event, Finished):
                 words = {"completed": "Finished", "early_stopped": "Stopped early (no better validation accuracy)",
                          "stopped": "Stopped on request"}
-                label = (f"{words.get(event.status, event.status)}: best validation accuracy "
-                         f"{event.best_val_acc:.1%} (epoch {event.best_epoch}), {event.epochs_done} "
+                best = (f"best validation accuracy {event.best_val_acc:.1%} (epoch {event.best_epoch})"
+                        if event.best_epoch else "no epoch validated yet")  # nothing to report before epoch 1
+                label = (f"{words.get(event.status, event.status)}: {best}, {event.epochs_done} "
                          f"epoch{'s' if event.epochs_done != 1 else ''} done")
                 say(label + ". Checkpoint kept: press Resume to continue.")
                 done, total = 1, 1
