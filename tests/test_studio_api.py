@@ -80,6 +80,7 @@ def test_demo_data_train_one_epoch_evaluate_and_predict(studio):
     assert "4 classes" in summary and len(samples) == len(augmented) == 12
     status, curves, log, checkpoint = c.predict(epochs=1, **FAST, api_name="/train")
     assert "Finished" in status and "Epoch 1/1" in log
+    assert "Settings: --epochs 1 --image-size 32." in log  # what the run used (batch 32 is the default)
     assert Path(checkpoint).name == "best.pt"
     assert curves is not None
     accuracy, confusion, per_class, mistakes = c.predict(api_name="/evaluate")

@@ -135,7 +135,8 @@ def test_stop_cancels_a_start_still_waiting_in_the_queue_and_only_that_one(tmp_p
     with workspace.job():
         assert workspace.begin_queued_start() is True
         assert workspace.request_stop() == "running" and workspace.stop.is_set()  # the running job stops
-        workspace.start_queued()  # Start pressed again during the run: it runs nothing, and waits for nothing
+        with pytest.raises(TunerError, match="already running a job"):  # Start/Resume pressed during the run:
+            workspace.start_queued()  # refused at once, not queued to run unasked when this job ends
         assert workspace.request_stop() == "running"
     with workspace.job():
         assert workspace.begin_queued_start() is True  # an API call that never waited starts as usual

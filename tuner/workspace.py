@@ -31,6 +31,8 @@ def default_root() -> Path:
     return Path(os.environ.get("TUNER_STUDIO_DIR") or Path(tempfile.gettempdir()) / "tuner-studio")
 
 
+JOB_RUNNING = ("This session is already running a job (training, evaluation or export): wait for it to finish, "
+               "or press Stop.")
 NO_DATA_CHANGE_DURING_A_JOB = ("A job is running in this session (training, evaluation or export): wait for it to "
                                "finish or press Stop, then load the data again.")
 
@@ -146,11 +148,14 @@ class Workspace:
         return self._cache[key]
 
     def start_queued(self) -> None:
-        """A Start was pressed; its job may wait in the queue before `job()` runs. (Pressed while this
-        session's own job runs, it starts nothing: `job()` refuses it.)"""
+        """A Start or Resume was pressed; its job may wait in the queue before `job()` runs. Pressed while
+        this session's own job runs, it is refused now: queued behind that job (which may hold the only
+        heavy slot), it would otherwise run once the job ends, unasked by then. (Only a running job
+        refuses it: a flag left by a queued event that never ran must not lock the session.)"""
         with self._flags:
-            if not self.busy:
-                self._waiting, self._cancel_waiting = True, False
+            if self.busy:
+                raise TunerError(JOB_RUNNING)
+            self._waiting, self._cancel_waiting = True, False
 
     def request_stop(self) -> str:
         """Stop pressed: cancel a Start still waiting in the queue, and/or ask the running job to stop
@@ -206,8 +211,7 @@ class _Job:
             if self.queued:  # this queued Start cannot run, so it no longer waits
                 with self.workspace._flags:
                     self.workspace._waiting = self.workspace._cancel_waiting = False
-            raise TunerError("This session is already running a job (training, evaluation or export): wait for it "
-                             "to finish, or press Stop.")
+            raise TunerError(JOB_RUNNING)
         self.workspace.stop.clear()
         self.workspace.touch()
         return self.workspace

@@ -44,7 +44,10 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
         data_tab.wire(studio, data, training["form"])
         train_tab.wire(studio, training, data["val_ratio"], heavy)
         demo.load(**model["inspect_event"])
-        demo.load(**data["demo_load"])
+        # The head is sized for the loaded classes: the Model tab follows every data load (the page's own too).
+        follow_data = dict(model["inspect_event"], api_name=False, show_progress="hidden")
+        demo.load(**data["demo_load"]).success(**follow_data)
+        data["loaded"].success(**follow_data)
         demo.load(training["show_commands"], [data["val_ratio"]], [training["command"], training["torchrun"]],
                   inputs_kwargs=training["form"].inputs(), api_name=False, concurrency_id=LIGHT)
         # Closing the tab ends the session: its training stops and its files go.

@@ -111,7 +111,7 @@ def wire(studio: Studio, tab: dict, form) -> None:
     load_event = dict(fn=load_data, inputs=[tab["source"], tab["zip_file"], tab["folder"], tab["val_ratio"]],
                       outputs=[tab["summary"], tab["warnings"], tab["counts"], tab["samples"], tab["augmented"]],
                       inputs_kwargs=form.preview_inputs(), concurrency_id="data", concurrency_limit=2)
-    tab["load"].click(**load_event, api_name="load_data")
+    tab["loaded"] = tab["load"].click(**load_event, api_name="load_data")
     # A new session starts on the demo set, so Start works before anything else is done.
     tab["demo_load"] = dict(load_event, api_name=False)
 

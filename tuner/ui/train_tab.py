@@ -147,6 +147,15 @@ class TrainForm:
         return [getattr(aug, name) for name in AUGMENT_FIELDS]
 
 
+def settings_text(config: TrainConfig) -> str:
+    """A run's settings as the flags of `python -m tuner train`, those that differ from the defaults (the data,
+    output folder and weights are said elsewhere in the log)."""
+    default = TrainConfig()
+    shown = dataclasses.replace(config, data=default.data, out=default.out, weights=default.weights)
+    flags = command_for(shown).removeprefix("python -m tuner train").strip()
+    return flags or "the defaults"
+
+
 def progress_html(label: str, done: int, total: int) -> str:
     share = 0 if not total else min(1.0, done / total)
     return (f"<div class='tuner-progress'><div class='tuner-progress-label'>{label}</div>"
@@ -213,6 +222,8 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
                 history = list(workspace.history_before) if resume_run else []
                 say(f"Training on {event.device}: {len(event.classes)} classes, {event.num_train} training and "
                     f"{event.num_val} validation images.")
+                if not resume_run:  # the values this run uses, whatever a widget shows (e.g. a number out of range)
+                    say(f"Settings: {settings_text(config)}.")
                 if event.weights_report:
                     say(f"Weights: {event.weights_report}")
                 if resume_run:
@@ -333,7 +344,7 @@ def wire(studio: Studio, tab: dict, val_ratio: gr.Slider, heavy_limit: int) -> N
     for button, job, name in ((tab["start"], tab["start_training"], "train"),
                               (tab["resume"], tab["resume_training"], "resume")):
         button.click(tab["note_queued_start"], None, None, api_name=False, concurrency_limit=None,
-                     show_progress="hidden").then(
+                     show_progress="hidden").success(  # refused while this session's own job runs
             job, [val_ratio], tab["outputs"], inputs_kwargs=inputs_kwargs, api_name=name, concurrency_id=HEAVY,
             concurrency_limit=heavy_limit, show_progress="minimal")
     # Stop must never wait behind the job it stops: no queue slot shared with heavy work.
