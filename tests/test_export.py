@@ -141,6 +141,7 @@ def test_int8_is_quantized_calibrated_and_its_accuracy_and_speed_are_reported(ex
     assert json.loads({p.key: p.value for p in proto.metadata_props}["classes"])[0] == "circles"
     row = rows_by_format(report)["int8"]
     assert 0.0 <= row["top1_agreement"] <= 1.0 and row["max_abs_diff"] > 0  # numbers, not placeholders
+    assert row["judged"] is False and rows_by_format(report)["onnx"]["judged"] is True  # INT8: reported, not checked
     accuracy = {r["format"]: r["accuracy"] for r in report.accuracy}
     assert set(accuracy) == {"pytorch (fp32)", "onnx int8"} and all(0 <= v <= 1 for v in accuracy.values())
     speed = {r["format"]: r for r in report.speed}
@@ -349,10 +350,11 @@ def test_standalone_onnx_predictor_agrees_with_tuner_predict_without_torch_or_tu
 
 
 def test_cli_export_prints_the_tables_and_a_bad_format_is_one_clear_line(trained_run, tmp_path, capsys):
-    assert cli.main(["export", "--checkpoint", str(trained_run / "best.pt"), "--format", "pth",
+    assert cli.main(["export", "--checkpoint", str(trained_run / "best.pt"), "--format", "pth,tensorrt",
                      "--out", str(tmp_path / "cli"), "--images", "8"]) == 0
     out = capsys.readouterr().out
     assert "Verification against PyTorch" in out and "model.pth" in out
+    assert "not built" in out and "judged" not in out  # a format that cannot be built here says so
     assert (tmp_path / "cli" / "model.pth").is_file() and (tmp_path / "cli" / "model.json").is_file()
 
     assert cli.main(["export", "--checkpoint", str(trained_run / "best.pt"), "--format", "onnx,tflite",

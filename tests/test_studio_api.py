@@ -201,6 +201,18 @@ def test_errors_reach_the_user_as_one_message_with_the_fix_and_no_server_paths(s
             "epochs is 'Epochs' (Train tab).") in message
 
 
+def test_the_export_table_never_calls_an_unchecked_int8_row_a_match():
+    from tuner.ui.export_tab import UNJUDGED, verification_table
+
+    rows = [{"format": "onnx", "file": "model.onnx", "max_abs_diff": 1e-5, "top1_agreement": 1.0, "images": 8,
+             "passed": True, "judged": True, "note": ""},
+            {"format": "onnx int8", "file": "model.int8.onnx", "max_abs_diff": 0.56, "top1_agreement": 0.975,
+             "images": 8, "passed": True, "judged": False, "note": "quantized"},
+            {"format": "tensorrt", "file": "", "max_abs_diff": float("nan"), "top1_agreement": float("nan"),
+             "images": 0, "passed": None, "judged": False, "note": "no GPU"}]
+    assert list(verification_table(rows)["result"]) == ["matches", UNJUDGED, "not built"]
+
+
 def test_a_server_folder_outside_the_servers_own_folders_can_be_evaluated(studio, tmp_path, monkeypatch):
     # Gradio serves files only from the working directory, the temp dir and `allowed_paths`; a user's
     # folder (or the demo set in ~/.cache/tuner) is usually elsewhere. Here the temp dir moves away

@@ -59,6 +59,11 @@ def test_closing_a_session_stops_its_job_then_removes_its_files(tmp_path):
     with pytest.raises(TunerError, match="session has ended"):
         with workspace.job():
             pass
+    # A request of the closed tab still in flight gets the same answer, not a new empty workspace that
+    # would sit on the disk until the time-to-live.
+    with pytest.raises(TunerError, match="session has ended"):
+        registry.get("tab")
+    assert registry.sessions() == 0 and [p.name for p in tmp_path.rglob("*") if p.is_dir() and len(p.name) == 32] == []
 
 
 def test_stopping_the_server_waits_for_jobs_to_let_go_then_removes_everything(tmp_path):

@@ -359,7 +359,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"  {name:<16} {path.name}")
         print("\nVerification against PyTorch (max |logit difference|, top-1 agreement on validation images):")
         table = pd.DataFrame(report.verification)
-        table["passed"] = table["passed"].map({True: "yes", False: "NO", None: "not built"})
+        table["passed"] = ["reported" if row["passed"] and not row["judged"] else  # INT8: quantized, no pass/fail
+                           {True: "yes", False: "NO", None: "not built"}[row["passed"]] for row in report.verification]
+        table = table.drop(columns="judged")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         if len(report.accuracy) > 1:
             print("\nAccuracy on the same images:")

@@ -292,7 +292,7 @@ def discover_dataset(root: str | os.PathLike, val_ratio: float = 0.2, seed: int 
     classes = sorted(classes)
     empty = [c for c in classes if not train_files.get(c)]
     if len(classes) - len(empty) == 0:
-        raise TunerError(f"No readable images found under {root.name}/ ({skipped.summary()}). Put images "
+        raise TunerError(f"No readable images found under {root.name}/ ({skipped.summary().rstrip('.')}). Put images "
                          f"({', '.join(sorted(IMAGE_EXTENSIONS))}) in one sub-folder per class.")
     if empty:
         raise TunerError(f"These class folders have no readable images: {', '.join(empty)}. Add images or "

@@ -202,8 +202,10 @@ def compare(name: str, path: Path, reference: torch.Tensor, logits: torch.Tensor
     scale = float(reference.float().abs().max()) if images else float("nan")
     passed = ((min_agreement is None or agree >= min_agreement) and (target is None or diff <= target)
               and (rel_target is None or diff <= rel_target * scale))
+    # INT8 has no criterion: it "passes" (never fails the export), and `judged` False says no check was made.
+    judged = min_agreement is not None or target is not None or rel_target is not None
     return {"format": name, "file": path.name, "max_abs_diff": diff, "top1_agreement": agree, "images": images,
-            "passed": passed, "note": note}
+            "passed": passed, "judged": judged, "note": note}
 
 
 class _Images:
@@ -278,8 +280,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
                          "...,tensorrt on the command line, 'TensorRT engine (GPU)' in the studio), or drop INT8.")
     whole = isinstance(max_images, numbers.Integral) and not isinstance(max_images, bool)
     if not whole or not 1 <= max_images <= MAX_VERIFY_IMAGES:  # 0 or less verifies nothing; too many fill the memory
+        given = "an empty value" if max_images is None else repr(max_images)
         raise TunerError(f"The number of verification images must be a whole number from 1 to {MAX_VERIFY_IMAGES}, "
-                         f"not {max_images!r}: give e.g. 64 (the default): --images on the command line, 'Validation "
+                         f"not {given}: give e.g. 64 (the default): --images on the command line, 'Validation "
                          "images to verify each format on' in the studio's Export tab.")
     max_images = int(max_images)
     out = Path(out_dir)
@@ -348,7 +351,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
                                        f"the folder with {onnx_path.name}: {command}"
                                        + (f". {TRT_INT8_NO_TRTEXEC}" if tensorrt_int8 else ""))
                 report.verification.append({"format": "tensorrt", "file": path.name, "max_abs_diff": float("nan"),
-                                            "top1_agreement": float("nan"), "images": 0, "passed": None,
+                                            "top1_agreement": float("nan"), "images": 0, "passed": None, "judged": False,
                                             "note": "not built here: " + why.split(" (")[0]})
                 continue
             from .tensorrt_engine import build_engine, engine_runner

@@ -31,6 +31,8 @@ def default_root() -> Path:
     return Path(os.environ.get("TUNER_STUDIO_DIR") or Path(tempfile.gettempdir()) / "tuner-studio")
 
 
+SESSION_ENDED = "This session has ended: reload the page to start a new one."
+CLOSED_SESSIONS_REMEMBERED = 10_000
 JOB_RUNNING = ("This session is already running a job (training, evaluation or export): wait for it to finish, "
                "or press Stop.")
 NO_DATA_CHANGE_DURING_A_JOB = ("A job is running in this session (training, evaluation or export): wait for it to "
@@ -206,7 +208,7 @@ class _Job:
 
     def __enter__(self) -> Workspace:
         if self.workspace.closed:
-            raise TunerError("This session has ended: reload the page to start a new one.")
+            raise TunerError(SESSION_ENDED)
         if not self.workspace._busy.acquire(blocking=False):
             if self.queued:  # this queued Start cannot run, so it no longer waits
                 with self.workspace._flags:
@@ -233,6 +235,9 @@ class WorkspaceRegistry:
         self.max_sessions = max_sessions
         self._workspaces: dict[str, Workspace] = {}
         self._cleanups: list[threading.Thread] = []  # ended sessions whose jobs may still be stopping
+        # Sessions closed by their tab: a request still in flight from one must not make it a new, empty
+        # workspace that would then sit on the disk until the time-to-live. Bounded: the oldest are forgotten.
+        self._closed: dict[str, None] = {}
         self._lock = threading.Lock()
 
     def get(self, session_id: str | None) -> Workspace:
@@ -242,6 +247,8 @@ class WorkspaceRegistry:
         with self._lock:
             workspace = self._workspaces.get(session_id)
             if workspace is None:
+                if session_id in self._closed:
+                    raise TunerError(SESSION_ENDED)
                 if len(self._workspaces) >= self.max_sessions:
                     raise TunerError(f"The server already holds {self.max_sessions} sessions: try again later, or "
                                      "run your own copy (see the README).")
@@ -264,6 +271,10 @@ class WorkspaceRegistry:
             workspace = self._workspaces.pop(session_id or "", None)
             if workspace is not None:
                 self._track(_dispose(workspace))
+            if session_id:
+                self._closed[session_id] = None
+                while len(self._closed) > CLOSED_SESSIONS_REMEMBERED:
+                    del self._closed[next(iter(self._closed))]
 
     def sweep(self) -> None:
         """Remove workspaces idle for longer than the time-to-live (sessions whose tab never said goodbye)."""
