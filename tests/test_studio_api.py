@@ -300,9 +300,15 @@ def test_predict_several_images_with_the_base_imagenet_model(studio, tmp_path, m
     for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
         paths.append(tmp_path / f"photo{i}.png")
         Image.new("RGB", (64, 48), colour).save(paths[-1])
-    label, chart, gallery, table = c.predict([handle_file(str(p)) for p in paths],
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not a picture")  # one bad file among the uploads costs its own answer only
+    label, chart, gallery, table = c.predict([handle_file(str(p)) for p in [paths[0], fake, paths[1]]],
                                              "Base ImageNet model (1000 classes)", 5, api_name="/predict")
     assert len(gallery) == 2 and len(label["confidences"]) == 5
+    with pytest.raises(Exception) as err:  # nothing readable: the reason is the answer, without server paths
+        c.predict([handle_file(str(fake))], "Base ImageNet model (1000 classes)", 5, api_name="/predict")
+    message = error_text(err.value)
+    assert message.startswith("Cannot read fake.jpg as an image") and "/" not in message.split("):")[0]
     images = [row[0] for row in table["data"]]
     assert images.count("photo0.png") == images.count("photo1.png") == 5  # top-5 for each image
     from torchvision.models import ResNet50_Weights

@@ -106,7 +106,8 @@ class Predictor:
                 try:
                     img = load_rgb(item)
                 except (OSError, SyntaxError, ValueError) as exc:
-                    raise TunerError(f"Cannot read {Path(item).name} as an image ({str(exc)[:80]}): use a "
+                    reason = str(exc).replace(str(item), Path(item).name)[:80]  # the file's name, not where it is
+                    raise TunerError(f"Cannot read {Path(item).name} as an image ({reason}): use a "
                                      "JPEG, PNG, WebP, BMP, GIF or TIFF file.") from None
             tensors.append(self.transform(img))
         return torch.stack(tensors)
@@ -116,21 +117,45 @@ class Predictor:
                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         out = []
         for start in range(0, len(images), batch_size):
-            x = self.preprocess(images[start:start + batch_size]).to(self.device)
-            out.append(torch.softmax(self._forward(x).float(), dim=1).cpu())
+            out.append(self._softmax(self.preprocess(images[start:start + batch_size])))
             if progress:
                 progress(min(start + batch_size, len(images)), len(images))
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    @torch.no_grad()
+    def _softmax(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self._forward(x.to(self.device)).float(), dim=1).cpu()
+
+    def _top_k(self, names: Sequence[str], probs: torch.Tensor, top_k: int) -> list[Prediction]:
+        if top_k < 1:
+            raise TunerError(f"top_k={top_k}: ask for at least 1.")
+        k = min(top_k, len(self.classes))
+        results = []
+        for name, row in zip(names, probs):
+            values, indices = row.topk(k)
+            results.append(Prediction(name, [(self.classes[i], float(v)) for v, i in zip(values, indices)]))
+        return results
 
     def predict(self, images: Sequence[str | os.PathLike | Image.Image], top_k: int = 5,
                 progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
         if top_k < 1:
             raise TunerError(f"top_k={top_k}: ask for at least 1.")
-        k = min(top_k, len(self.classes))
-        probs = self.probabilities(images, progress=progress)
-        results = []
-        for item, row in zip(images, probs):
-            values, indices = row.topk(k)
-            name = str(item) if not isinstance(item, Image.Image) else getattr(item, "filename", "") or "image"
-            results.append(Prediction(name, [(self.classes[i], float(v)) for v, i in zip(values, indices)]))
-        return results
+        names = [str(item) if not isinstance(item, Image.Image) else getattr(item, "filename", "") or "image"
+                 for item in images]
+        return self._top_k(names, self.probabilities(images, progress=progress), top_k)
+
+    def predict_readable(self, paths: Sequence[str | os.PathLike], top_k: int = 5,
+                         batch_size: int = 32) -> tuple[list[Prediction], list[str]]:
+        """Predictions for the files that can be read, and why each other one cannot: one bad file among
+        a batch of uploads costs its own answer only. Each file is read once, straight to its tensor."""
+        if top_k < 1:
+            raise TunerError(f"top_k={top_k}: ask for at least 1.")
+        names, tensors, unreadable = [], [], []
+        for path in paths:
+            try:
+                tensors.append(self.preprocess([path])[0])
+                names.append(str(path))
+            except TunerError as exc:
+                unreadable.append(str(exc))
+        probs = [self._softmax(torch.stack(tensors[i:i + batch_size])) for i in range(0, len(tensors), batch_size)]
+        return (self._top_k(names, torch.cat(probs), top_k) if tensors else []), unreadable

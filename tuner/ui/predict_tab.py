@@ -65,7 +65,12 @@ def build(studio: Studio) -> dict:
             raise TunerError(f"{len(paths)} images at once is more than {MAX_IMAGES}: predict them in smaller groups, "
                              "or use `python -m tuner predict` for many files.")
         predictor = predictor_for(workspace, model)
-        results = predictor.predict(paths, top_k=int(top_k))
+        results, unreadable = predictor.predict_readable(paths, top_k=int(top_k))
+        if not results:  # nothing to show: the reason is the answer
+            raise TunerError(" ".join(unreadable))
+        if unreadable:  # the readable images are answered; each bad file is named with the fix
+            gr.Warning(studio.public(f"Skipped {len(unreadable)} of {len(paths)} files. " + " ".join(unreadable),
+                                     workspace))
         rows = [{"image": Path(r.image).name, "rank": rank, "label": name, "probability": round(prob, 4)}
                 for r in results for rank, (name, prob) in enumerate(r.top_k, start=1)]
         first = results[0]
