@@ -32,7 +32,9 @@ def test_help_lists_every_command():
         assert flag in train_help
 
 
-def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset):
+def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset, capsys):
+    # train runs as a real process (as users run it); predict and evaluate run in-process through
+    # main(), which is what `python -m tuner` calls, to spare two interpreter starts.
     out = tmp_path / "run"
     result = tuner("train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", "--image-size",
                    str(TINY_SIZE), "--batch-size", "4", "--augment", "none")
@@ -41,9 +43,8 @@ def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset):
     assert {"last.pt", "best.pt", "history.csv", "metrics.json"} <= {p.name for p in out.iterdir()}
 
     images = sorted(str(p) for p in (tiny_dataset / "red").iterdir())[:2]
-    result = tuner("predict", "--checkpoint", str(out / "best.pt"), "--top-k", "2", "--json", *images)
-    assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert cli_main(["predict", "--checkpoint", str(out / "best.pt"), "--top-k", "2", "--json", *images]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["image"] for line in lines] == images
     for line in lines:
         assert len(line["top_k"]) == 2
@@ -55,9 +56,8 @@ def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset):
     assert result.returncode == 0, result.stderr
     assert "epoch 2/2" in result.stderr and "ignored" not in result.stderr
 
-    result = tuner("evaluate", "--checkpoint", str(out / "best.pt"), "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    assert cli_main(["evaluate", "--checkpoint", str(out / "best.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["classes"] == ["blue", "green", "red"] and 0 <= report["accuracy"] <= 1
     assert len(report["confusion_matrix"]) == 3
 
