@@ -210,9 +210,9 @@ class ConsoleRenderer:
             return
         if name == "Progress":
             if self.tty:
-                label = {"decode": "reading images", "batchnorm": "measuring BatchNorm statistics",
-                         "features": "computing features", "train": "train", "val": "validate"}.get(event.phase,
-                                                                                                   event.phase)
+                from .train import PHASES  # imported when a run renders, so `--help` stays light
+
+                label = PHASES.get(event.phase, event.phase)
                 extra = f" loss {event.loss:.3f} acc {event.acc:.1%}" if event.loss is not None else ""
                 epoch = f"epoch {event.epoch} " if event.epoch else ""
                 self.stream.write(f"\r\033[K{epoch}{label} {_bar(event.step, event.steps)}{extra}")
@@ -344,7 +344,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .export import export_checkpoint
+    from .export import export_checkpoint, verdict
 
     bar = progress_bar("exporting")
     report = export_checkpoint(args.checkpoint, args.format, args.out, data=args.data, benchmark=args.benchmark,
@@ -359,8 +359,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"  {name:<16} {path.name}")
         print("\nVerification against PyTorch (max |logit difference|, top-1 agreement on validation images):")
         table = pd.DataFrame(report.verification)
-        table["passed"] = ["reported" if row["passed"] and not row["judged"] else  # INT8: quantized, no pass/fail
-                           {True: "yes", False: "NO", None: "not built"}[row["passed"]] for row in report.verification]
+        words = {"passed": "yes", "failed": "NO", "not built": "not built", "reported": "reported"}
+        table["passed"] = [words[verdict(row)] for row in report.verification]  # INT8: reported, no pass/fail
         table = table.drop(columns="judged")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         if len(report.accuracy) > 1:

@@ -208,6 +208,15 @@ def compare(name: str, path: Path, reference: torch.Tensor, logits: torch.Tensor
             "passed": passed, "judged": judged, "note": note}
 
 
+def verdict(row: dict[str, Any]) -> str:
+    """What a verification row says: 'passed', 'failed', 'not built', or 'reported' (INT8: no criterion)."""
+    if row["passed"] is None:
+        return "not built"
+    if not row["judged"]:
+        return "reported"
+    return "passed" if row["passed"] else "failed"
+
+
 class _Images:
     """The user's own images for verification (validation split) and INT8 calibration (training split)."""
 

@@ -126,10 +126,13 @@ class Predictor:
     def _softmax(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self._forward(x.to(self.device)).float(), dim=1).cpu()
 
-    def _top_k(self, names: Sequence[str], probs: torch.Tensor, top_k: int) -> list[Prediction]:
+    def _k(self, top_k: int) -> int:
+        """How many labels each answer lists; checked before any image is read."""
         if top_k < 1:
             raise TunerError(f"top_k={top_k}: ask for at least 1.")
-        k = min(top_k, len(self.classes))
+        return min(top_k, len(self.classes))
+
+    def _top_k(self, names: Sequence[str], probs: torch.Tensor, k: int) -> list[Prediction]:
         results = []
         for name, row in zip(names, probs):
             values, indices = row.topk(k)
@@ -138,18 +141,16 @@ class Predictor:
 
     def predict(self, images: Sequence[str | os.PathLike | Image.Image], top_k: int = 5,
                 progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
-        if top_k < 1:
-            raise TunerError(f"top_k={top_k}: ask for at least 1.")
+        k = self._k(top_k)
         names = [str(item) if not isinstance(item, Image.Image) else getattr(item, "filename", "") or "image"
                  for item in images]
-        return self._top_k(names, self.probabilities(images, progress=progress), top_k)
+        return self._top_k(names, self.probabilities(images, progress=progress), k)
 
     def predict_readable(self, paths: Sequence[str | os.PathLike], top_k: int = 5,
                          batch_size: int = 32) -> tuple[list[Prediction], list[str]]:
         """Predictions for the files that can be read, and why each other one cannot: one bad file among
         a batch of uploads costs its own answer only. Each file is read once, straight to its tensor."""
-        if top_k < 1:
-            raise TunerError(f"top_k={top_k}: ask for at least 1.")
+        k = self._k(top_k)
         names, tensors, unreadable = [], [], []
         for path in paths:
             try:
@@ -158,4 +159,4 @@ class Predictor:
             except TunerError as exc:
                 unreadable.append(str(exc))
         probs = [self._softmax(torch.stack(tensors[i:i + batch_size])) for i in range(0, len(tensors), batch_size)]
-        return (self._top_k(names, torch.cat(probs), top_k) if tensors else []), unreadable
+        return (self._top_k(names, torch.cat(probs), k) if tensors else []), unreadable

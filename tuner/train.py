@@ -93,10 +93,14 @@ class StageStarted(Event):
     fast_path: str  # what each batch runs through (the feature cache, or the full model and why)
 
 
+# What each Progress phase is doing, in the words the CLI and the studio show.
+PHASES = {"decode": "Reading images", "batchnorm": "Measuring BatchNorm statistics (random backbone, once)",
+          "features": "Computing backbone features (once)", "train": "Training", "val": "Validating"}
+
+
 @dataclass
 class Progress(Event):
-    phase: str  # "decode" (reading images once) | "batchnorm" (measuring statistics for a random backbone)
-    #             | "features" (filling the cache) | "train" | "val"; epoch 0: before the first epoch
+    phase: str  # a key of PHASES; epoch 0: before the first epoch
     epoch: int  # 1-based
     step: int
     steps: int

@@ -9,13 +9,13 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import TunerError
-from ..export import FORMATS, MAX_VERIFY_IMAGES, export_checkpoint, tensorrt_status
+from ..export import FORMATS, MAX_VERIFY_IMAGES, export_checkpoint, tensorrt_status, verdict
 from .common import HEAVY, Studio, markdown_list, user_facing
 
 FORMAT_LABELS = {"pth": ".pth state_dict + model.json", "safetensors": ".safetensors", "onnx": "ONNX (FP32)",
                  "int8": "INT8 ONNX (static quantization)", "tensorrt": "TensorRT engine (GPU)"}
-VERDICT = {True: "matches", False: "DIFFERS", None: "not built"}
 UNJUDGED = "reported (quantized: no pass/fail)"  # INT8 differs by design; its accuracy row says how much
+VERDICT = {"passed": "matches", "failed": "DIFFERS", "not built": "not built", "reported": UNJUDGED}
 SPEED_COLUMNS = {"format": "format", "batch1_ms": "batch-1 latency (ms)", "latency_speedup": "latency speedup",
                  "throughput_img_s": "throughput (images/s)", "batch": "at batch", "throughput_speedup":
                  "throughput speedup"}
@@ -28,7 +28,7 @@ def verification_table(rows: list[dict]) -> pd.DataFrame:
     columns = ["format", "file", "max |logit diff|", "top-1 agreement", "images", "result", "note"]
     return pd.DataFrame([{"format": r["format"], "file": r["file"], "max |logit diff|": number(r["max_abs_diff"], ".2e"),
                           "top-1 agreement": number(r["top1_agreement"], ".1%"), "images": r["images"],
-                          "result": UNJUDGED if r["passed"] and not r.get("judged", True) else VERDICT[r["passed"]],
+                          "result": VERDICT[verdict(r)],
                           "note": r["note"]} for r in rows], columns=columns)
 
 

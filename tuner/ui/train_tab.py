@@ -15,7 +15,7 @@ from ..config import (AMP_CHOICES, AUGMENT_PRESETS, DEVICE_CHOICES, FEATURE_CACH
                       OPTIMIZERS, SCHEDULERS, AugmentConfig, TrainConfig)
 from ..errors import TunerError
 from ..plots import training_curves
-from ..train import CheckpointSaved, EpochEnd, Finished, Message, Progress, RunStarted, StageStarted, train
+from ..train import PHASES, CheckpointSaved, EpochEnd, Finished, Message, Progress, RunStarted, StageStarted, train
 from .common import HEAVY, LIGHT, Studio, user_facing
 from .model_tab import TRAINABLE_RADIO_CHOICES
 
@@ -161,10 +161,6 @@ def progress_html(label: str, done: int, total: int) -> str:
     return (f"<div class='tuner-progress'><div class='tuner-progress-label'>{label}</div>"
             f"<div class='tuner-progress-track'><div class='tuner-progress-fill' style='width:{share:.1%}'>"
             f"</div></div></div>")
-
-
-PHASES = {"decode": "Reading images", "batchnorm": "Measuring BatchNorm statistics (random backbone, once)",
-          "features": "Computing backbone features (once)", "train": "Training", "val": "Validating"}
 
 
 def build(studio: Studio, trainable: gr.Radio) -> dict:
