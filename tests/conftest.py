@@ -99,6 +99,23 @@ def make_image_folder(root: Path, classes: dict[str, int], size: int = 40, seed:
     return root
 
 
+def decompression_bomb(path: Path, side: int = 20_000) -> Path:
+    """A few hundred bytes of PNG whose header claims side x side pixels: so many that PIL itself refuses
+    it inside Image.open (DecompressionBombError) before any size check of ours runs."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")  # chunk type; width and height follow it, then 5 bytes, then the CRC
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", side, side)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+    return path
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return make_image_folder(tmp_path / "data", {"red": 6, "green": 6, "blue": 6})

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder
+from conftest import decompression_bomb, make_image_folder
 from tuner.config import AugmentConfig
-from tuner.data import (EpochBatchSampler, ImageCache, ImageDataset, ZipLimits, check_zip_member, class_weights,
-                        discover_dataset, eval_transform, load_rgb, prepare_dataset, safe_extract_zip,
-                        train_transform)
+from tuner.data import (EpochBatchSampler, ImageCache, ImageDataset, ImageTooLarge, ZipLimits, check_image,
+                        check_zip_member, class_weights, discover_dataset, eval_transform, load_rgb, prepare_dataset,
+                        safe_extract_zip, train_transform)
 from tuner.errors import TunerError
 
 
@@ -102,8 +102,8 @@ def test_junk_broken_and_hidden_files_are_skipped_and_counted(tmp_path):
     counts = spec.skipped.counts
     assert counts["hidden or system files"] == 2
     assert counts["hidden or system folders"] == 1  # __MACOSX/ itself, not the file inside it
-    assert counts["not images"] == 1
-    assert counts["not an image"] == 1
+    assert counts["other file types"] == 1
+    assert counts["not image data"] == 1
     assert counts["corrupt or truncated"] == 1
     assert "Skipped 5 files and 1 folder: " in spec.skipped.summary()
     assert "__MACOSX/" in spec.skipped.summary()
@@ -391,6 +391,15 @@ def test_images_over_the_pixel_limit_are_skipped_before_decoding(tmp_path, monke
     monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 48 * 40)  # the generated images are at most 48x40
     spec = discover_dataset(root)
     assert spec.skipped.counts == {"too large": 1}
+
+
+def test_a_decompression_bomb_is_too_large_not_a_crash(tmp_path):
+    bomb = decompression_bomb(tmp_path / "bomb.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)  # what PIL does with it: an error that is neither OSError nor ValueError
+    with pytest.raises(ImageTooLarge, match="MP limit"):
+        load_rgb(bomb)
+    assert check_image(bomb) == "too large"
 
 
 def test_zip_entry_that_is_both_file_and_folder_is_a_clear_error(tmp_path):

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ROOT
 from tuner import cli
 from tuner.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.errors import TunerError
@@ -343,10 +344,37 @@ def test_standalone_onnx_predictor_agrees_with_tuner_predict_without_torch_or_tu
     ours = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     theirs = [json.loads(line) for line in deployed.stdout.splitlines()]
     assert [t["image"] for t in theirs] == [o["image"] for o in ours] == images
-    for mine, deployed_one in zip(ours, theirs):
+    for mine, deployed_one in zip(ours, theirs, strict=True):
         assert [t["label"] for t in deployed_one["top_k"]] == [t["label"] for t in mine["top_k"]]
         np.testing.assert_allclose([t["prob"] for t in deployed_one["top_k"]], [t["prob"] for t in mine["top_k"]],
                                    atol=1e-4)
+
+
+def test_the_deploy_scripts_rgb_conversion_is_tuners_for_every_image_mode():
+    import importlib.util
+
+    from tuner.data import to_rgb
+
+    spec = importlib.util.spec_from_file_location("predict_onnx", ROOT / "tuner/deploy/predict_onnx.py")
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    rng = np.random.default_rng(5)
+    palette = Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).convert("P")
+    palette.info["transparency"] = 0
+    images = {
+        "I;16": Image.fromarray(rng.integers(0, 65535, (9, 7), dtype=np.uint16)),
+        "I": Image.fromarray(rng.integers(0, 70000, (9, 7), dtype=np.int32)),
+        "F": Image.fromarray(rng.normal(size=(9, 7)).astype(np.float32)),
+        "RGBA": Image.fromarray(rng.integers(0, 255, (9, 7, 4), dtype=np.uint8), "RGBA"),
+        "LA": Image.fromarray(rng.integers(0, 255, (9, 7, 4), dtype=np.uint8), "RGBA").convert("LA"),
+        "P": palette,
+        "CMYK": Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).convert("CMYK"),
+        "L": Image.fromarray(rng.integers(0, 255, (9, 7), dtype=np.uint8)),
+    }
+    for mode, img in images.items():
+        assert img.mode == mode
+        ours, theirs = to_rgb(img.copy()), deploy.to_rgb(img.copy())
+        assert theirs.mode == "RGB" and np.array_equal(np.asarray(theirs), np.asarray(ours)), mode
 
 
 def test_cli_export_prints_the_tables_and_a_bad_format_is_one_clear_line(trained_run, tmp_path, capsys):

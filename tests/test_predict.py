@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import decompression_bomb
 from tuner.errors import TunerError
 from tuner.evaluate import evaluate_checkpoint
 from tuner.predict import Predictor
@@ -33,6 +34,9 @@ def test_unreadable_images_and_bad_k_are_clear_errors(trained_run, tmp_path):
     bad.write_text("not an image")
     with pytest.raises(TunerError, match="Cannot read photo.jpg"):
         predictor.predict([bad])
+    bomb = decompression_bomb(tmp_path / "bomb.png")
+    with pytest.raises(TunerError, match=r"Cannot read bomb.png as an image \(more than the 64 MP limit\)"):
+        predictor.predict([bomb])
     with pytest.raises(TunerError, match="at least 1"):
         predictor.predict([bad], top_k=0)
 
@@ -61,6 +65,19 @@ def test_evaluate_checkpoint_reports_metrics_and_mistakes(trained_run):
     assert len(mistakes) == int((result.preds != result.labels).sum())
     assert all(m["true"] != m["predicted"] for m in mistakes)
     assert [m["confidence"] for m in mistakes] == sorted((m["confidence"] for m in mistakes), reverse=True)
+
+
+def test_the_mistakes_limit_counts_from_the_most_confident_and_zero_lists_none():
+    import numpy as np
+
+    from tuner.evaluate import EvalResult
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]])
+    result = EvalResult(["a", "b"], 0.5, 0.25, labels=np.array([1, 0, 1, 1]), preds=probs.argmax(1), probs=probs,
+                        paths=["p0", "p1", "p2", "p3"])
+    assert [m["path"] for m in result.mistakes()] == ["p0", "p1", "p3"]  # 0.9, 0.8, 0.7 sure of a wrong class
+    assert [m["path"] for m in result.mistakes(2)] == ["p0", "p1"]
+    assert result.mistakes(0) == [] and result.mistakes(-1) == []
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):

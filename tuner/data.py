@@ -58,13 +58,19 @@ class ImageTooLarge(ValueError):
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open any image as 8-bit RGB with its EXIF orientation applied; transparency goes on white."""
-    with Image.open(path) as img:
-        # The header gives the size before any pixel is decoded: a tiny file claiming a huge image
-        # (a decompression bomb) is refused here instead of filling memory.
-        if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise ImageTooLarge(f"{img.width}x{img.height} pixels is more than the {MAX_IMAGE_PIXELS // 10**6} MP limit")
-        img.load()
-        img = ImageOps.exif_transpose(img)
+    try:
+        with Image.open(path) as img:
+            # The header gives the size before any pixel is decoded: a tiny file claiming a huge image
+            # (a decompression bomb) is refused here instead of filling memory.
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageTooLarge(f"{img.width}x{img.height} pixels is more than the "
+                                    f"{MAX_IMAGE_PIXELS // 10**6} MP limit")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError:
+        # PIL refuses the most extreme sizes itself, inside Image.open, before the check above can run;
+        # its error is no OSError or ValueError, so callers would see it as a crash.
+        raise ImageTooLarge(f"more than the {MAX_IMAGE_PIXELS // 10**6} MP limit") from None
     return to_rgb(img)
 
 
@@ -116,10 +122,10 @@ def check_image(path: Path) -> str | None:
     """None when the file reads fully as an RGB image (as training will read it); else why it is skipped."""
     try:
         load_rgb(path)
-    except (ImageTooLarge, Image.DecompressionBombError):
+    except ImageTooLarge:
         return "too large"
     except UnidentifiedImageError:
-        return "not an image"
+        return "not image data"  # an image extension, but no format PIL knows
     except (OSError, SyntaxError, ValueError):
         return "corrupt or truncated"
     return None
@@ -159,7 +165,7 @@ class SkipReport:
     def summary(self) -> str:
         if not self.total:
             return "No files skipped."
-        # "reason: count" reads right for files and folders alike ("links: 1", "not images: 3").
+        # "reason: count" reads right for files and folders alike ("links: 1", "other file types: 3").
         parts = [f"{reason}: {n} (e.g. {', '.join(self.examples[reason][:2])})" for reason, n in self.counts.items()]
         files = self.total - self.folders
         what = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((files, "file"), (self.folders, "folder")) if n]
@@ -237,9 +243,9 @@ def _find_named(folder: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def discover_dataset(root: str | os.PathLike, val_ratio: float = 0.2, seed: int = 0,
-                     check_images: bool = True) -> DatasetSpec:
-    """Find classes and images under `root`, validate them, and split train/val if needed."""
+def discover_dataset(root: str | os.PathLike, val_ratio: float = 0.2, seed: int = 0) -> DatasetSpec:
+    """Find classes and images under `root`, read every image once to skip those that cannot be (as
+    training would fail on them), validate the rest, and split train/val if needed."""
     root = top = Path(root)
     if not root.is_dir():
         raise TunerError(f"Dataset folder not found: {root}. Give a folder with one sub-folder per class "
@@ -286,9 +292,8 @@ def discover_dataset(root: str | os.PathLike, val_ratio: float = 0.2, seed: int 
         val_files = {}
         layout = f"class folders, split {1 - val_ratio:.0%}/{val_ratio:.0%} into train/val"
 
-    if check_images:
-        _drop_unreadable(train_files, top, skipped)
-        _drop_unreadable(val_files, top, skipped)
+    _drop_unreadable(train_files, top, skipped)
+    _drop_unreadable(val_files, top, skipped)
     classes = sorted(classes)
     empty = [c for c in classes if not train_files.get(c)]
     if len(classes) - len(empty) == 0:
@@ -342,7 +347,7 @@ def _scan_class_folders(folder: Path, root: Path, skipped: SkipReport) -> tuple[
                 elif path.is_symlink():
                     skipped.add("links", rel)
                 elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.add("not images", rel)
+                    skipped.add("other file types", rel)
                 else:
                     found.append(path)
         files[class_dir.name] = found

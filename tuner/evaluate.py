@@ -68,7 +68,7 @@ class EvalResult:
             rows.append({"path": self.paths[i] if self.paths else "", "true": self.classes[self.labels[i]],
                          "predicted": self.classes[self.preds[i]], "confidence": float(self.probs[i, self.preds[i]])})
         rows.sort(key=lambda r: -r["confidence"])
-        return rows[:limit] if limit else rows
+        return rows if limit is None else rows[:max(limit, 0)]  # 0 lists none (not all)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what metrics.json and `tuner evaluate --json` hold)."""

@@ -146,17 +146,24 @@ class Predictor:
                  for item in images]
         return self._top_k(names, self.probabilities(images, progress=progress), k)
 
-    def predict_readable(self, paths: Sequence[str | os.PathLike], top_k: int = 5,
-                         batch_size: int = 32) -> tuple[list[Prediction], list[str]]:
+    def predict_readable(self, paths: Sequence[str | os.PathLike], top_k: int = 5, batch_size: int = 32,
+                         progress: Callable[[int, int], None] | None = None) -> tuple[list[Prediction], list[str]]:
         """Predictions for the files that can be read, and why each other one cannot: one bad file among
-        a batch of uploads costs its own answer only. Each file is read once, straight to its tensor."""
+        a batch of uploads (or a folder's worth on the command line) costs its own answer only. Files are
+        read batch by batch, each once, straight to its tensor, so memory does not grow with their number."""
         k = self._k(top_k)
-        names, tensors, unreadable = [], [], []
-        for path in paths:
-            try:
-                tensors.append(self.preprocess([path])[0])
-                names.append(str(path))
-            except TunerError as exc:
-                unreadable.append(str(exc))
-        probs = [self._softmax(torch.stack(tensors[i:i + batch_size])) for i in range(0, len(tensors), batch_size)]
-        return (self._top_k(names, torch.cat(probs), k) if tensors else []), unreadable
+        results: list[Prediction] = []
+        unreadable: list[str] = []
+        for start in range(0, len(paths), batch_size):
+            names, tensors = [], []
+            for path in paths[start:start + batch_size]:
+                try:
+                    tensors.append(self.preprocess([path])[0])
+                    names.append(str(path))
+                except TunerError as exc:
+                    unreadable.append(str(exc))
+            if tensors:
+                results += self._top_k(names, self._softmax(torch.stack(tensors)), k)
+            if progress:
+                progress(min(start + batch_size, len(paths)), len(paths))
+        return results, unreadable

@@ -34,12 +34,24 @@ def load_model(path: str):
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB the way tuner trains on it: transparency over white, 16-bit greyscale scaled, not clipped."""
+    """RGB the way tuner trains on it (tuner.data.to_rgb, copied: this script must not need tuner):
+    transparency over white, 16-bit greyscale scaled rather than clipped, 32-bit integers by their
+    maximum, floats stretched over their own range. A test checks that both give the same pixels."""
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode.startswith("I;16"):
-        arr = np.asarray(img, dtype=np.float64) * (255.0 / 65535)
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    if img.mode.startswith("I"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            scale = 255.0 / 65535
+        else:
+            hi = arr.max() if arr.size else 0
+            scale = 1.0 if hi <= 255 else 255.0 / hi
+        img = Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
