@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ def tuner(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
 def test_help_lists_every_command():
     result = tuner("--help")
     assert result.returncode == 0
-    for command in ("inspect", "train", "evaluate", "predict"):
+    for command in ("inspect", "train", "evaluate", "predict", "export", "bench"):
         assert command in result.stdout
     train_help = tuner("train", "--help").stdout
     for flag in ("--data", "--out", "--trainable", "--epochs", "--image-size", "--batch-size", "--optimizer",
@@ -50,6 +51,13 @@ def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset, capsys):
         assert len(line["top_k"]) == 2
         assert {entry["label"] for entry in line["top_k"]} <= {"red", "green", "blue"}
         assert line["top_k"][0]["prob"] >= line["top_k"][1]["prob"]
+    # One unreadable file among them costs its own answer only, and the exit status says so.
+    (tmp_path / "bad.jpg").write_text("not a picture")
+    assert cli_main(["predict", "--checkpoint", str(out / "best.pt"), images[0], str(tmp_path / "bad.jpg"),
+                     images[1]]) == 1
+    printed = capsys.readouterr()
+    assert [line.split(": ")[0] for line in printed.out.splitlines()] == images
+    assert "skipped: Cannot read bad.jpg as an image" in printed.err
 
     # Resume with only --out: the run keeps its own data and settings, and trains on.
     result = tuner("train", "--out", str(out), "--resume", "--epochs", "2")
@@ -95,6 +103,7 @@ USER_ERRORS = [
     (["train", "--trainable", "layer4", "--batch-size", "1", "--out", "OUT"],
      "--batch-size=1 cannot train BatchNorm layers (they need two images to measure a batch): use --batch-size "
      "2 or more, or --trainable='head' with --bn='frozen'."),
+    (["train", "--data", "/no/such/folder", "--out", "OUT"], "Dataset folder not found: /no/such/folder."),
     (["predict", "--checkpoint", "/no/such.pt", "x.png"], "Checkpoint not found"),
     (["predict", "x.png"], "--checkpoint FILE"),
     (["predict", "--imagenet", "x.png"], "needs its pretrained weights (resnet50-0676ba61.pth), and none were found: "
@@ -107,11 +116,13 @@ USER_ERRORS = [
 def test_user_errors_are_one_line_that_names_the_flags_typed(tmp_path, capsys, args, message):
     # In-process (main() is what `python -m tuner` runs), so each case costs no interpreter start;
     # an unexpected exception would escape main() and fail the test with its traceback.
+    ctrl_c = signal.getsignal(signal.SIGINT)
     code = cli_main([str(tmp_path / "out") if a == "OUT" else a for a in args])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # train's own Ctrl-C handler ends with it
 
 
 def test_the_last_line_reports_no_accuracy_before_any_epoch_was_validated():

@@ -54,6 +54,20 @@ def fast_path_of(events) -> str:
     return next(e for e in events if isinstance(e, StageStarted)).fast_path
 
 
+def planned_fast_path(tmp_path, name, data, **overrides) -> str:
+    """The fast path a run announces as its first stage starts (after any feature extraction, so the
+    cache is written); the run is then closed, as a stop would, without training an epoch."""
+    values = dict(data=str(data), out=str(tmp_path / name), weights="random", image_size=TINY_SIZE, epochs=1,
+                  batch_size=4, augment=AugmentConfig.from_preset("none"), num_workers=0,
+                  cache_dir=str(tmp_path / "features"))
+    values.update(overrides)
+    events = train(TrainConfig(**values))
+    try:
+        return next(e for e in events if isinstance(e, StageStarted)).fast_path
+    finally:
+        events.close()
+
+
 def assert_same_training(fast, plain, names=None, atol=WEIGHTS_ATOL, rel=None, loss_rel=1e-4):
     """Same weights (all, or those named) to `atol` (or to `rel` in relative norm), and the same
     history apart from timings."""
@@ -66,7 +80,7 @@ def assert_same_training(fast, plain, names=None, atol=WEIGHTS_ATOL, rel=None, l
     fast_rows = [e.row() for e in fast[0] if isinstance(e, EpochEnd)]
     plain_rows = [e.row() for e in plain[0] if isinstance(e, EpochEnd)]
     assert len(fast_rows) == len(plain_rows)
-    for f, p in zip(fast_rows, plain_rows):
+    for f, p in zip(fast_rows, plain_rows, strict=True):
         assert f["epoch"] == p["epoch"] and f["lr"] == p["lr"]
         assert f["train_acc"] == p["train_acc"] and f["val_acc"] == p["val_acc"]
         assert f["train_loss"] == pytest.approx(p["train_loss"], rel=loss_rel)
@@ -128,22 +142,21 @@ def test_onnxruntime_extracts_only_the_whole_backbone_in_fp32_on_a_cpu():
 
 
 def test_prefix_cache_is_skipped_when_augmentation_or_budget_forbid_it(tmp_path, tiny_dataset):
-    events, _ = run(tmp_path, "aug", tiny_dataset, trainable="layer4", epochs=1,
-                    augment=AugmentConfig.from_preset("light"))
-    assert "feature cache off: augmentation" in fast_path_of(events)
-    events, _ = run(tmp_path, "budget", tiny_dataset, trainable="layer4", epochs=1, cache_budget_mb=0)
-    assert "more than cache_budget_mb=0" in fast_path_of(events)
+    assert "feature cache off: augmentation" in planned_fast_path(tmp_path, "aug", tiny_dataset, trainable="layer4",
+                                                                  augment=AugmentConfig.from_preset("light"))
+    assert "more than cache_budget_mb=0" in planned_fast_path(tmp_path, "budget", tiny_dataset, trainable="layer4",
+                                                              cache_budget_mb=0)
 
 
 # ---- (d): the cache is reused when nothing changed and recomputed when anything did ----------------
 
 def test_cache_is_loaded_from_disk_when_nothing_changed(tmp_path, tiny_dataset):
-    first, _ = run(tmp_path, "first", tiny_dataset, epochs=1)
-    again, _ = run(tmp_path, "again", tiny_dataset, epochs=1)
-    bigger, _ = run(tmp_path, "bigger", tiny_dataset, epochs=1, image_size=TINY_SIZE + 8)
-    assert "loaded from the cache folder" not in fast_path_of(first)
-    assert "loaded from the cache folder" in fast_path_of(again)
-    assert "loaded from the cache folder" not in fast_path_of(bigger)
+    first = planned_fast_path(tmp_path, "first", tiny_dataset)
+    again = planned_fast_path(tmp_path, "again", tiny_dataset)
+    bigger = planned_fast_path(tmp_path, "bigger", tiny_dataset, image_size=TINY_SIZE + 8)
+    assert "feature cache on" in first and "loaded from the cache folder" not in first
+    assert "loaded from the cache folder" in again
+    assert "feature cache on" in bigger and "loaded from the cache folder" not in bigger
     assert len(list((tmp_path / "features").glob("*.pt"))) == 2
 
 
@@ -238,7 +251,7 @@ def test_onnxruntime_predictions_match_eager(trained_run, demo_dir):
     p_eager, p_fast = eager.probabilities(images), fast.probabilities(images)
     assert torch.equal(p_eager.argmax(1), p_fast.argmax(1))
     assert torch.allclose(p_eager, p_fast, atol=1e-4)  # float rounding differs between CPUs' kernels
-    for a, b in zip(eager.predict(images, top_k=2), fast.predict(images, top_k=2)):
+    for a, b in zip(eager.predict(images, top_k=2), fast.predict(images, top_k=2), strict=True):
         assert [label for label, _ in a.top_k] == [label for label, _ in b.top_k]
 
 
@@ -294,3 +307,16 @@ def test_a_failed_export_falls_back_to_pytorch_and_says_why(trained_run, demo_di
     strict = Predictor(model, ["a", "b"], TINY_SIZE, "test", backend="onnxruntime")
     with pytest.raises(TunerError, match="backend='torch'"):
         strict.probabilities([demo_dir / "circles" / "circles_000.png"])
+
+
+def test_a_failed_backbone_export_trains_on_pytorch_features_and_says_why(tmp_path, tiny_dataset, monkeypatch):
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr("tuner.export.export_onnx", broken_export)
+    monkeypatch.setattr(features, "extraction_backend", lambda runtime, until="layer4": "onnxruntime")
+    monkeypatch.setenv("TUNER_HOME", str(tmp_path / "home"))  # no earlier test's export of these weights to reuse
+    assert ("computed by PyTorch, not ONNX Runtime: ONNX export failed (unsupported operator)"
+            in planned_fast_path(tmp_path, "fallback", tiny_dataset))
+    # Eager features do not belong under the ONNX Runtime key, so none are kept for the next run to load.
+    assert not list((tmp_path / "features").glob("*.pt"))

@@ -4,6 +4,7 @@ the backbone runs every step."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -69,7 +70,7 @@ def test_a_damaged_probe_file_is_measured_again_and_rewritten(home, measured):
 def test_the_real_measurement_is_a_ratio_and_leaves_the_random_numbers_alone():
     state = torch.get_rng_state()
     ratio = real_measure_channels_last(32, batch=2, steps=3)
-    assert 0.1 < ratio < 10
+    assert isinstance(ratio, float) and math.isfinite(ratio) and ratio > 0  # a ratio of two times; no timing asked of it
     assert torch.equal(torch.get_rng_state(), state)  # a first run (probing) and a second give the same model
 
 

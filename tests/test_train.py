@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import threading
 
 import pandas as pd
@@ -15,8 +17,9 @@ from conftest import TINY_SIZE, make_image_folder
 from tuner.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.config import AugmentConfig, TrainConfig
 from tuner.errors import TunerError
-from tuner.model import new_resnet50, stage_of
-from tuner.train import CheckpointSaved, EpochEnd, Finished, Progress, StageStarted, run_to_end, train
+from tuner.model import new_resnet50
+from tuner.train import (CheckpointSaved, EpochEnd, Finished, Progress, StageStarted, read_history, run_to_end,
+                         train)
 
 
 def tiny_config(out, data, **overrides) -> TrainConfig:
@@ -50,6 +53,7 @@ def test_a_run_writes_checkpoints_history_and_metrics(tmp_path, tiny_dataset):
     assert isinstance(events[-1], Finished) and events[-1].status == "completed"
     ends = [e for e in events if isinstance(e, EpochEnd)]
     assert [e.row() for e in ends] == state["history"]
+    assert read_history(out) == state["history"]  # what the studio redraws a resumed run's curves from
 
 
 @pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-links-copy"])
@@ -77,10 +81,40 @@ def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, tiny_dataset):
         run_to_end(config)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    run_to_end(config, overwrite=True)
+    # An --overwrite that fails its checks (here a mistyped data folder) has deleted nothing yet.
+    with pytest.raises(TunerError, match="not found"):
+        run_to_end(dataclasses.replace(config, data=str(tmp_path / "typo")), overwrite=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert {"best.pt", "history.csv", "metrics.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    run_to_end(dataclasses.replace(config, seed=1), overwrite=True)  # another seed: other weights
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    assert (tmp_path / "run" / "last.pt").read_bytes() != before
     with pytest.raises(TunerError, match="Nothing to resume"):
         run_to_end(tiny_config(tmp_path / "empty", tiny_dataset), resume=True)
+
+
+def test_a_checkpoint_that_only_predicts_or_is_damaged_cannot_be_resumed_and_says_why(tmp_path, tiny_dataset):
+    from tuner.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    save_checkpoint({"model_state": {}, "classes": ["blue", "green", "red"], "image_size": TINY_SIZE,
+                     "mean": [0.5] * 3, "std": [0.5] * 3}, out / "last.pt")
+    with pytest.raises(TunerError, match=r"last.pt lacks config, epoch, weights_source, optimizer_state, "
+                                         r"scheduler_state, so its run cannot be resumed: start a new run"):
+        run_to_end(tiny_config(out, tiny_dataset), resume=True)
+    (out / "last.pt").write_text("hello")
+    with pytest.raises(TunerError, match=r"last.pt is not a readable checkpoint: it is damaged or not a PyTorch "
+                                         r"file \(.*\)\. Use the best.pt or last.pt that a tuner run wrote\."):
+        run_to_end(tiny_config(out, tiny_dataset), resume=True)
+
+
+def test_an_output_folder_that_cannot_be_one_is_a_clear_error(tmp_path, tiny_dataset):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    for out, where in ((blocker, "is a file"), (blocker / "run", f"is inside {blocker}, which is a file")):
+        with pytest.raises(TunerError, match=f"The output folder {re.escape(str(out))} {re.escape(where)}: choose a folder"):
+            run_to_end(tiny_config(out, tiny_dataset))
+    assert blocker.read_text() == "a file"
 
 
 class StopAfter:
@@ -322,7 +356,7 @@ def test_stop_at_the_two_stage_switch_keeps_each_epochs_own_totals(tmp_path, tin
     assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
     run_to_end(config, resume=True)
     history = load_checkpoint(tmp_path / "split" / "last.pt")["history"]
-    for got, want in zip(history, expected):
+    for got, want in zip(history, expected, strict=True):
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
         assert got["train_acc"] == want["train_acc"]
 

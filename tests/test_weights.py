@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,20 @@ def test_failed_download_falls_back_with_the_reason(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(W, "download_imagenet_weights", fail)
+    monkeypatch.setattr(W, "_last_failure", None)
     source = W.resolve_weights("imagenet")
     assert not source.pretrained and "network unreachable" in source.message
+
+    # The next callers (every Model tab change in the studio) get that failure, not a new wait for it...
+    tries = []
+    monkeypatch.setattr(W, "download_imagenet_weights", lambda target: tries.append(target))
+    again = W.resolve_weights("imagenet")
+    assert not tries and not again.pretrained
+    assert re.search(r"the download failed \d+ s ago \(network unreachable; tried again 5 minutes after", again.message)
+    # ...until the wait is over: then it is tried again.
+    monkeypatch.setattr(W, "DOWNLOAD_RETRY_AFTER_S", 0)
+    W.resolve_weights("imagenet")
+    assert len(tries) == 1
 
 
 def test_download_checks_the_hash_and_lands_in_the_hub_cache(tmp_path, monkeypatch):
@@ -134,7 +147,7 @@ def test_unrelated_or_broken_files_are_refused(tmp_path):
     with pytest.raises(TunerError, match="No tensor .* matches ResNet50"):
         build_model(2, W.resolve_weights(str(tmp_path / "other.pth")))
     (tmp_path / "junk.pth").write_bytes(b"\x00garbage")
-    with pytest.raises(TunerError, match="not a readable PyTorch weights file"):
+    with pytest.raises(TunerError, match=r"not a readable PyTorch file: .* Save just the weights"):
         W.read_state_dict(tmp_path / "junk.pth")
     (tmp_path / "junk.safetensors").write_bytes(b"garbage")
     with pytest.raises(TunerError, match="safetensors"):

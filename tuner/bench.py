@@ -118,6 +118,8 @@ def machine_info() -> dict[str, Any]:
     import torch
     import torchvision
 
+    from .runtime import cpu_count
+
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
@@ -136,7 +138,7 @@ def machine_info() -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     flags = _cpu_flags()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_count()
     info = {
         "cpu": cpu, "cores": cores, "memory_gib": memory_gib,
         "cpu_features": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags],
@@ -813,7 +815,6 @@ def run_bench(settings: BenchSettings, workdir: str | os.PathLike | None = None,
     folder that is deleted afterwards.
     """
     global _DEFAULT_FLAGS
-    import torch
 
     settings.validate()
     if _DEFAULT_FLAGS is None:

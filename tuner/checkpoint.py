@@ -17,11 +17,13 @@ from typing import Any
 import torch
 
 from .errors import TunerError
-from .weights import refused_file_error
+from .weights import refused_file_error, short_reason
 
 CHECKPOINT_FORMAT = "tuner.checkpoint"
 CHECKPOINT_VERSION = 1
 PREDICT_KEYS = ("model_state", "classes", "image_size", "mean", "std")
+WRITTEN_BY_TUNER = "Use the best.pt or last.pt that a tuner run wrote."
+RESUME_KEYS = PREDICT_KEYS + ("config", "epoch", "weights_source", "optimizer_state", "scheduler_state")
 
 
 def _current_umask() -> int:
@@ -31,6 +33,24 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """Create (if needed) the folder a job writes into. A path that cannot be one is the user's to fix,
+    so it gets a message, not FileExistsError or PermissionError from deep inside a run."""
+    out = Path(path)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        where = "is a file" if blocker == out else f"is inside {blocker}, which is a file"
+        raise TunerError(f"The output folder {out} {where}: choose a folder (a missing one is created).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        pass
+    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
+        raise TunerError(f"The output folder {out} cannot be written here (permission denied): choose a folder "
+                         "you can write to.")
+    return out
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -82,8 +102,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a tuner checkpoint safely; a TunerError names the problem for anything else."""
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = PREDICT_KEYS) -> dict[str, Any]:
+    """Read a tuner checkpoint safely; a TunerError names the problem for anything else, including a
+    checkpoint without the `required` keys (RESUME_KEYS to train on from it)."""
     path = Path(path)
     if not path.is_file():
         raise TunerError(f"Checkpoint not found: {path}. Train first (python -m tuner train ...) or give the "
@@ -91,9 +112,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise refused_file_error(path.name, exc, "Use a checkpoint written by tuner.") from None
+        raise refused_file_error(path.name, exc, WRITTEN_BY_TUNER) from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:
-        raise TunerError(f"{path.name} is not a readable checkpoint ({str(exc)[:100]}).") from None
+        raise TunerError(f"{path.name} is not a readable checkpoint: it is damaged or not a PyTorch file "
+                         f"({type(exc).__name__}: {short_reason(exc)}). {WRITTEN_BY_TUNER}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TunerError(f"{path.name} is not a tuner checkpoint. For plain weights, use it as the starting "
                          "weights file (--weights) instead.")
@@ -102,6 +124,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in PREDICT_KEYS if k not in state]
     if missing:
         raise TunerError(f"{path.name} lacks {', '.join(missing)}: it is incomplete; use another checkpoint.")
+    missing = [k for k in required if k not in state]
+    if missing:  # it predicts, but holds no run to go on with
+        raise TunerError(f"{path.name} lacks {', '.join(missing)}, so its run cannot be resumed: start a new run "
+                         f"(it can start from these weights: --weights {path}).")
     return state
 
 

@@ -78,8 +78,8 @@ TRAIN_FLAGS = [
     Flag("--cache-views", "cache_views", int, help="augmented views per image in the feature cache"),
     Flag("--cache-dir", "cache_dir", help="where feature caches live (default: $TUNER_HOME/features, i.e. "
          "~/.cache/tuner/features)"),
-    Flag("--cache-budget-mb", "cache_budget_mb", int, help="largest feature cache kept in memory for a partly frozen "
-         "backbone, in MB"),
+    Flag("--cache-budget-mb", "cache_budget_mb", int, help="largest feature cache kept in memory (the head-only "
+         "features, or a partly frozen backbone's), in MB"),
     Flag("--channels-last", "channels_last", choices=("auto", "on", "off"),
          help="NHWC memory format (auto: on for CUDA; on a CPU, measured once per machine and image size)"),
     Flag("--compile", "compile", switch=True, help="torch.compile the model (GPU, long runs; needs a C/C++ compiler)"),
@@ -258,15 +258,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop.set()
         print("\nStopping after this batch (Ctrl-C again to abort)...", file=sys.stderr, flush=True)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, on_sigint)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     render = ConsoleRenderer(as_json=args.json)
     is_main = world_from_env()[0] == 0
     status = "completed"
-    for event in train(config, stop=stop, resume=args.resume, overwrite=args.overwrite, given=given_fields(args)):
-        if is_main:
-            render(event)
-        status = getattr(event, "status", status)
+    try:
+        for event in train(config, stop=stop, resume=args.resume, overwrite=args.overwrite,
+                           given=given_fields(args)):
+            if is_main:
+                render(event)
+            status = getattr(event, "status", status)
+    finally:
+        if in_main_thread:  # main() may be called in-process: Ctrl-C must work as before once training ends
+            signal.signal(signal.SIGINT, previous)
     return 0 if status != "stopped" else 130
 
 
@@ -332,13 +337,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.imagenet):
         raise TunerError("Give either --checkpoint FILE (your fine-tuned model) or --imagenet (the base model).")
     predictor = Predictor.from_checkpoint(args.checkpoint) if args.checkpoint else Predictor.imagenet(args.weights)
-    for prediction in predictor.predict(args.images, top_k=args.top_k, progress=progress_bar("predicting")):
+    predictions, unreadable = predictor.predict_readable(args.images, top_k=args.top_k,
+                                                         progress=progress_bar("predicting"))
+    for prediction in predictions:
         if args.json:
             print(json.dumps(prediction.to_dict()))
         else:
             ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in prediction.top_k)
             print(f"{prediction.image}: {ranked}")
-    return 0
+    for reason in unreadable:  # the other files are answered; the exit status says some were not
+        print(f"skipped: {reason}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -371,7 +380,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(pd.DataFrame(report.speed).to_string(index=False))
     for message in report.messages:
         print("\n" + message)
-    failed = [row["format"] for row in report.verification if row["passed"] is False]
+    failed = report.failed
     if failed:
         print(f"\nerror: {', '.join(failed)} did not match PyTorch (see the table); do not deploy it.", file=sys.stderr)
         return 1
@@ -408,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split to evaluate (default: val)")
-    p.add_argument("--mistakes", type=int, default=10, help="how many mistakes to list (default: 10)")
+    p.add_argument("--mistakes", type=int, default=10, help="how many mistakes to list, most confident first (default: 10; 0: none)")
     p.add_argument("--workdir", help="where a .zip dataset is extracted (default: the checkpoint's folder)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=cmd_evaluate)

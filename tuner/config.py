@@ -117,7 +117,7 @@ class TrainConfig:
     feature_cache: str = "auto"  # reuse frozen-backbone outputs across epochs when results stay the same
     cache_views: int = 1  # augmented views per image kept in the feature cache when augmentation is on
     cache_dir: str = ""  # where feature caches live; "": $TUNER_HOME/features (~/.cache/tuner/features)
-    cache_budget_mb: int = 2048  # largest feature cache kept in memory for a partly frozen backbone
+    cache_budget_mb: int = 2048  # largest feature cache kept in memory (head-only features or a frozen prefix's)
     channels_last: str = "auto"  # "auto" | "on" | "off"
     compile: bool = False  # torch.compile the model (GPU; pays off on long runs)
     sync_bn: bool = False  # under torchrun: synchronise BatchNorm statistics across ranks
@@ -189,7 +189,7 @@ class TrainConfig:
         if not 0.01 <= self.val_ratio <= 0.9:
             raise TunerError(f"val_ratio={self.val_ratio}: use 0.01 to 0.9 (0.2 is usual).")
         if self.cache_budget_mb < 0:
-            raise TunerError(f"cache_budget_mb={self.cache_budget_mb}: use 0 (no prefix cache) or more.")
+            raise TunerError(f"cache_budget_mb={self.cache_budget_mb}: use 0 (no feature cache) or more.")
         if self.cache_views < 1:
             raise TunerError(f"cache_views={self.cache_views}: use at least 1.")
         if self.num_workers < -1:

@@ -181,6 +181,11 @@ class ExportReport:
     accuracy: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
+    @property
+    def failed(self) -> list[str]:
+        """The formats whose outputs did not match PyTorch's: not to be deployed."""
+        return [row["format"] for row in self.verification if row["passed"] is False]
+
     def to_dict(self) -> dict[str, Any]:
         return {"out_dir": str(self.out_dir), "files": {k: str(v) for k, v in self.files.items()},
                 "verification": self.verification, "speed": self.speed, "accuracy": self.accuracy,
@@ -221,7 +226,7 @@ class _Images:
     """The user's own images for verification (validation split) and INT8 calibration (training split)."""
 
     def __init__(self, state: dict[str, Any], data: str | None, workdir: Path, max_images: int):
-        from .data import ImageCache, ImageDataset, eval_transform, prepare_dataset, resize_size
+        from .data import ImageCache, eval_transform, prepare_dataset, resize_size
 
         config = state.get("config", {}) or {}
         source = data or config.get("data")
@@ -240,7 +245,7 @@ class _Images:
         cache = ImageCache(resize_size(size))
 
         transform = eval_transform(size)
-        val = spread_evenly(spec.val or spec.train, max_images)
+        val = spread_evenly(spec.val, max_images)  # never empty: discover_dataset refuses an empty split
         self.x = torch.stack([transform(cache.get(s.path)) for s in val])
         self.labels = torch.tensor([s.label for s in val])
         self._load_calibration = lambda: torch.stack(
@@ -281,7 +286,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
     Every file is written atomically. `progress(done, total, label)` is called between steps; `stop`
     (anything with is_set()) ends the export between formats, keeping the files already finished.
     """
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint, output_folder
 
     chosen = parse_formats(formats)
     if tensorrt_int8 and "tensorrt" not in chosen:
@@ -294,9 +299,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
                          f"not {given}: give e.g. 64 (the default): --images on the command line, 'Validation "
                          "images to verify each format on' in the studio's Export tab.")
     max_images = int(max_images)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint)  # before the folder is made: a refused checkpoint leaves nothing behind
+    out = output_folder(out_dir)
     model = model_from_checkpoint(state)
     classes, size = list(state["classes"]), int(state["image_size"])
     report = ExportReport(out)

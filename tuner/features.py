@@ -74,7 +74,7 @@ def plan_cache(config: TrainConfig, trainable_now: str, n_images: int) -> tuple[
         return None, f"feature cache off: trainable={trainable_now} leaves too little frozen to be worth caching"
     if config.augment.enabled:
         return None, ("feature cache off: augmentation changes every image each epoch; with augmentation 'none' the "
-                      f"frozen stages' outputs would be cached")
+                      "frozen stages' outputs would be cached")
     prefix = PREFIX_FOR[trainable_now]
     need = n_images * prefix_bytes(prefix, config.image_size)
     if need > config.cache_budget_mb * 2**20:
@@ -144,6 +144,9 @@ class FeatureStore:
     train_labels: torch.Tensor
     val_labels: torch.Tensor
     from_disk: bool = False
+    # Why eager PyTorch computed the features where ONNX Runtime was meant to ("" when it was not meant to,
+    # or did): said in the run's log, and the features are not saved, as they belong under another key.
+    fallback: str = ""
 
     def train_batch(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.tensor([i for i, _ in keys])
@@ -197,8 +200,9 @@ def build_store(model: nn.Module, plan: CachePlan, train_ds: ImageDataset, val_d
         done += len(train_ds)
         train_views.append(part)
     val = yield from _extract(forward, val_ds, plan.until, image_size, runtime, batch_size, 0, done, total)
-    store = FeatureStore(plan, torch.stack(train_views), val, _labels(train_ds), _labels(val_ds))
-    if runtime.is_main and forward.backend == backend:  # a fallback's features belong to another key
+    store = FeatureStore(plan, torch.stack(train_views), val, _labels(train_ds), _labels(val_ds),
+                         fallback=forward.fallback)
+    if runtime.is_main and not forward.fallback:  # a fallback's features belong to another key
         payload = {"train": store.train.cpu(), "val": store.val.cpu()}
         try:
             atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -229,9 +233,10 @@ def _labels(ds: ImageDataset) -> torch.Tensor:
 class _FrozenForward:
     """Images -> frozen-stage outputs, through ONNX Runtime or eager PyTorch; `backend` says which ran."""
 
-    def __init__(self, prefix: BackbonePrefix, runtime: Runtime, onnx: OnnxModel | None):
+    def __init__(self, prefix: BackbonePrefix, runtime: Runtime, onnx: OnnxModel | None, fallback: str = ""):
         self.prefix, self.runtime, self.onnx = prefix, runtime, onnx
         self.backend = "onnxruntime" if onnx else "torch"
+        self.fallback = fallback  # why ONNX Runtime was asked for and not used
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.onnx is not None:
@@ -245,13 +250,12 @@ class _FrozenForward:
 
 def _frozen_forward(model: nn.Module, until: str, image_size: int, runtime: Runtime, backend: str) -> _FrozenForward:
     prefix = BackbonePrefix(model, until)
-    onnx = None
     if backend == "onnxruntime":
         try:
-            onnx = OnnxModel(prefix, image_size, f"backbone-{until}")
-        except OnnxRuntimeUnavailable:
-            onnx = None  # eager PyTorch computes the same features, only slower
-    return _FrozenForward(prefix, runtime, onnx)
+            return _FrozenForward(prefix, runtime, OnnxModel(prefix, image_size, f"backbone-{until}"))
+        except OnnxRuntimeUnavailable as exc:  # eager PyTorch computes the same features, only slower
+            return _FrozenForward(prefix, runtime, None, fallback=str(exc))
+    return _FrozenForward(prefix, runtime, None)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from torch import nn
 
 from .demo_data import tuner_home
 from .errors import TunerError
+from .runtime import cpu_count
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 ONNX_CACHE_VERSION = 1
@@ -52,11 +53,6 @@ def onnxruntime_installed() -> bool:
     except ImportError:
         return False
     return True
-
-
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, which containers and taskset narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:

@@ -198,11 +198,15 @@ def pick_channels_last(config: TrainConfig, device: torch.device, world_size: in
     return choice.channels_last, choice.describe()
 
 
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def pick_workers(requested: int, device: torch.device, world_size: int) -> int:
     if requested >= 0:
         return requested
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_rank = max(1, cpus // max(1, world_size))
+    per_rank = max(1, cpu_count() // max(1, world_size))
     if device.type == "cuda":
         return min(8, max(2, per_rank - 1))
     # On a CPU the model needs the cores: loader workers only help when there are cores to spare.

@@ -4,7 +4,7 @@
         ...  # RunStarted, Message, StageStarted, Progress, EpochEnd, CheckpointSaved, Finished
 
 After every epoch `last.pt` is written (and `best.pt` when validation improved), atomically, with
-`history.csv` and `metrics.json` beside them. A stop request is honoured between two batches: the
+`history.csv` beside them; `metrics.json` is written when the run ends (completed, stopped or early-stopped). A stop request is honoured between two batches: the
 run writes `last.pt` at that exact point (epoch and batch), so `resume=True` continues where it
 stopped, and on a CPU with a fixed seed an interrupted-then-resumed run matches an uninterrupted one.
 
@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
-from .checkpoint import atomic_write, load_checkpoint, same_file_as, save_checkpoint
+from .checkpoint import RESUME_KEYS, atomic_write, load_checkpoint, output_folder, same_file_as, save_checkpoint
 from .config import TrainConfig
 from .data import (MEAN, STD, DatasetSpec, EpochBatchSampler, ImageCache, ImageDataset, class_weights,
                    dataset_folder, eval_transform, prepare_dataset, resize_size, seeded, train_transform)
@@ -204,6 +204,7 @@ class _Run:
         self.resume = resume
         self.spec = spec
         self.overwrite = overwrite
+        self.overwrite_pending = False  # an --overwrite whose old files are still to be deleted
         self.given = given
         self.out = Path(config.out)
         self.history: list[dict[str, float]] = []
@@ -360,13 +361,13 @@ class _Run:
             if existing and not self.overwrite:
                 raise TunerError(f"{self.out} already holds a run ({', '.join(existing)}): resume it with --resume, "
                                  "or choose a new --out folder (or --overwrite to start over there).")
-            if self.overwrite and world_from_env()[0] == 0:
-                for name in RUN_FILES:  # only the files a run writes; anything else in the folder stays
-                    (self.out / name).unlink(missing_ok=True)
+            # The old run's files go when this run first saves (_replace_overwritten_run): a start that fails
+            # its checks (a mistyped --data, a refused setting) must not have deleted them already.
+            self.overwrite_pending = bool(existing)
             return None
         if not last.is_file():
             raise TunerError(f"Nothing to resume in {self.out}: it has no last.pt. Start without --resume.")
-        saved = load_checkpoint(last)
+        saved = load_checkpoint(last, required=RESUME_KEYS)
         self.config, self.ignored_on_resume = merge_resume_config(saved.get("config", {}), self.config, self.given)
         return saved
 
@@ -460,6 +461,8 @@ class _Run:
             except StopIteration as finished:
                 self.store = finished.value
             why = plan.describe() + (" (loaded from the cache folder)" if self.store.from_disk else "")
+            if self.store.fallback:
+                why += f" (computed by PyTorch, not ONNX Runtime: {self.store.fallback})"
         module: nn.Module = _FinishFrom(self.model, plan.until) if plan else self.model
         if config.compile and not plan:
             module = torch.compile(module)
@@ -626,7 +629,16 @@ class _Run:
                      "train": len(self.spec.train), "val": len(self.spec.val)},
         }
 
+    def _replace_overwritten_run(self) -> None:
+        """Delete the files of the run that --overwrite replaces: only the files a run writes (anything
+        else in the folder stays), and only once this run has something of its own to save."""
+        if self.overwrite_pending and self.runtime.is_main:
+            for name in RUN_FILES:
+                (self.out / name).unlink(missing_ok=True)
+        self.overwrite_pending = False
+
     def _save(self, epoch: int, next_batch: int, partial: dict | None, best: bool = False) -> Iterator[Event]:
+        self._replace_overwritten_run()
         if self.runtime.is_main:
             state = self._state(epoch, next_batch, partial)
             last = save_checkpoint(state, self.out / "last.pt")
@@ -655,11 +667,22 @@ class _Run:
             "final": self.history[-1] if self.history else None, "classes": list(self.spec.classes),
             "best": self.best_metrics, "weights": self.source.to_dict(), "device": self.runtime.describe(),
         }
+        self._replace_overwritten_run()
         if self.runtime.is_main:
             atomic_write(self.out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
         checkpoint = best if best.is_file() else self.out / "last.pt"
         return Finished(status, epochs_done, metrics["best_val_acc"] or 0.0, self.best_epoch, str(self.out),
                         str(checkpoint), metrics)
+
+
+def read_history(out: str | Path) -> list[dict[str, float]]:
+    """A run folder's history.csv as the rows EpochEnd.row() gives (the studio redraws a resumed run's
+    curves from its first epoch); [] when there is none yet."""
+    path = Path(out) / "history.csv"
+    if not path.is_file():
+        return []
+    frame = pd.read_csv(path).astype(float).astype({"epoch": int})
+    return frame.to_dict("records")
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -685,7 +708,7 @@ def hold_run_lock(out: Path):
     folder is refused instead of overwriting this one's checkpoints. The lock dies with the process."""
     import fcntl
 
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     handle = open(out / ".tuner.lock", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -15,6 +15,8 @@ import hashlib
 import os
 import pickle
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,11 @@ IMAGENET_URL = IMAGENET_WEIGHTS.url
 IMAGENET_FILENAME = IMAGENET_URL.rsplit("/", 1)[-1]  # resnet50-0676ba61.pth
 IMAGENET_SHA256_PREFIX = IMAGENET_FILENAME.rsplit("-", 1)[-1].split(".")[0]  # torchvision names files by hash
 DOWNLOAD_TIMEOUT_S = 20
+# After a failed download, callers within this many seconds get that failure instead of a new try: the
+# studio resolves the weights on every Model tab change, and each try could wait DOWNLOAD_TIMEOUT_S.
+DOWNLOAD_RETRY_AFTER_S = 300
+_download_lock = threading.Lock()  # one download at a time; whoever waited finds the file in the cache
+_last_failure: tuple[float, Path, str] | None = None  # when, into which file, why
 # A checkpoint dict may hold its state_dict under one of these keys (tuner, lightning, common scripts).
 STATE_DICT_KEYS = ("model_state", "state_dict", "model", "model_state_dict", "net")
 KEY_PREFIXES = ("module.", "model.", "backbone.")
@@ -101,19 +108,38 @@ def resolve_weights(weights: str = "imagenet", allow_download: bool = True) -> W
                              f"ImageNet weights ({IMAGENET_FILENAME}) from the torch hub cache.", searched)
     reason = "downloads are off (TUNER_OFFLINE=1)" if offline() else "downloads are off for this call"
     if allow_download and not offline():
-        try:
-            download_imagenet_weights(cached)
+        reason = _download_once(cached)
+        if reason is None:
             return WeightsSource("imagenet", True, str(cached), "downloaded",
                                  f"ImageNet weights ({IMAGENET_FILENAME}) downloaded into the torch hub cache.",
                                  searched)
-        except (OSError, urllib.error.URLError, TunerError) as exc:
-            reason = f"the download failed ({short_reason(exc)})"
     fix = f"copy {IMAGENET_FILENAME} (from {IMAGENET_URL}) into {cached.parent}, or pass its path as the weights file"
     return WeightsSource(
         "random", False, message=(
             f"No pretrained weights: {IMAGENET_FILENAME} is not in {cached.parent} and {reason}. Training starts "
             f"from random initialisation, which needs far more data and epochs. To fix: {fix}."),
         searched=searched, fix=fix)
+
+
+def _download_once(cached: Path) -> str | None:
+    """Download the ImageNet file into `cached` unless another caller just did, or just failed to (then
+    its reason, with when). None once the file is there."""
+    global _last_failure
+    with _download_lock:
+        if cached.is_file():  # another session's download finished while this one waited
+            return None
+        if _last_failure and _last_failure[1] == cached:
+            ago = time.monotonic() - _last_failure[0]
+            if ago < DOWNLOAD_RETRY_AFTER_S:
+                return (f"the download failed {ago:.0f} s ago ({_last_failure[2]}; tried again "
+                        f"{DOWNLOAD_RETRY_AFTER_S // 60} minutes after a failure)")
+        try:
+            download_imagenet_weights(cached)
+        except (OSError, urllib.error.URLError, TunerError) as exc:
+            _last_failure = (time.monotonic(), cached, short_reason(exc))
+            return f"the download failed ({_last_failure[2]})"
+        _last_failure = None
+        return None
 
 
 def short_reason(exc: BaseException) -> str:
@@ -165,8 +191,8 @@ def refused_file_error(name: str, exc: pickle.UnpicklingError, fix: str) -> Tune
     if "GLOBAL" in str(exc):
         return TunerError(f"{name} holds Python objects beyond tensors and plain containers, so it is refused "
                           f"(loading it could run code). {fix}")
-    return TunerError(f"{name} is not a readable PyTorch weights file: it is damaged, in another format, or a "
-                      "pickle that safe loading (weights_only=True) refused. Save it with torch.save(state_dict, PATH).")
+    return TunerError(f"{name} is not a readable PyTorch file: it is damaged, in another format, or a pickle that "
+                      f"safe loading (weights_only=True) refused. {fix}")
 
 
 def extract_state_dict(data: Any, name: str = "file") -> dict[str, torch.Tensor]:
@@ -202,7 +228,8 @@ def apply_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], n
     # "missing" would bury the tensors that really are.
     report.missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
     if not matched:
-        raise TunerError(f"No tensor in {name} matches ResNet50 by name and shape: is it a ResNet50 state_dict?")
+        raise TunerError(f"No tensor in {name} matches ResNet50 by name and shape: use ResNet50 weights "
+                         "(torchvision's names, such as layer1.0.conv1.weight).")
     model.load_state_dict(matched, strict=False)
     return report
 
