@@ -40,6 +40,7 @@ def studio(tmp_path_factory):
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_kwargs(demo))
     demo.url = f"http://127.0.0.1:{port}/"
+    demo.workdir = Path(settings.workdir)
     yield demo
     demo.close()
     demo.studio.registry.close_all()
@@ -68,10 +69,30 @@ def test_served_file_copies_are_pruned_as_sessions_expire(tmp_path):
     assert demo.delete_cache == (3600, 6 * 3600)
 
 
-def test_every_working_event_has_an_api_name(studio):
+# Handlers with no API of their own, because they only keep the page in step (what they compute, an API
+# client gets from a named endpoint or does not need).
+UI_ONLY_HANDLERS = {
+    "<lambda>": "mirrors one widget's value into another",
+    "preset_values": "sets the augmentation switches from a preset",
+    "preview_augmentation": "redraws the augmentation preview",
+    "note_queued_start": "marks a Start as waiting in the queue (the job itself is /train or /resume)",
+    "show_commands": "rewrites the CLI and torchrun commands as settings change",
+    "close_session": "deletes a closed tab's workspace",
+}
+
+
+def test_every_working_event_has_an_api_name(studio, tmp_path):
+    from tuner.ui import build_app
+    from tuner.ui.common import StudioSettings
+
     names = set(client(studio).view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {"/load_data", "/train", "/resume", "/stop", "/evaluate", "/predict", "/inspect_model",
             "/upload_weights", "/export"} <= names
+    # A new handler wired without an api_name shows up here: give it one, or say above why it needs none.
+    fns = build_app(StudioSettings(workdir=str(tmp_path))).fns.values()
+    named = {fn.name for fn in fns if fn.api_visibility != "private"}  # public, or callable but undocumented
+    private_only = {fn.name for fn in fns if fn.api_visibility == "private"} - named
+    assert private_only <= set(UI_ONLY_HANDLERS), private_only - set(UI_ONLY_HANDLERS)
 
 
 def test_demo_data_train_one_epoch_evaluate_and_predict(studio):
@@ -126,10 +147,12 @@ def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio, imagenet_
     done = int(re.search(r"(\d+) epochs? done", status).group(1))
     assert done < 30
     assert checkpoint and Path(checkpoint).name in {"best.pt", "last.pt"}  # last.pt when no epoch ended yet
-    # Resume continues the same run where the stop left it, and finishes the next epoch.
-    status, curves, log, checkpoint = c.predict(epochs=done + 1, trainable="layer4", augment_preset="none", **FAST,
-                                                api_name="/resume")
+    # Resume continues the same run where the stop left it, and finishes the next epoch; a setting that
+    # would make it another run (the learning rate) is kept as it was, and the log says so.
+    status, curves, log, checkpoint = c.predict(epochs=done + 1, trainable="layer4", augment_preset="none", lr="0.1",
+                                                **FAST, api_name="/resume")
     assert f"Resuming at epoch {done + 1}" in log
+    assert "Resuming keeps the run's own settings; ignored: lr (only epochs" in log
     assert "Finished" in status and re.search(rf"\b{done + 1} epochs? done", status)
     assert Path(checkpoint).name == "best.pt"
 
@@ -146,6 +169,7 @@ def test_two_sessions_see_only_their_own_data_and_models(studio, tmp_path):
     assert "Few training images" in warnings_a  # 6 per class: the Data tab says 10+ is more reliable
     summary_b = load(bob)[0]
     assert "2 classes" in summary_a and "`cat`" in summary_a
+    assert "(class folders, split 75%/25% into train/val)" in summary_a
     assert "4 classes" in summary_b and "cat" not in summary_b
 
     results = {}
@@ -233,8 +257,13 @@ def test_a_server_folder_outside_the_servers_own_folders_can_be_evaluated(studio
     assert not Path(tempfile.gettempdir()) in data.parents and ROOT not in data.parents
 
     c = client(studio)
+    split = tmp_path / "outside" / "split"
+    for part in ("train", "val"):
+        make_image_folder(split / part, {"left": 2, "right": 2})
+    summary = c.predict("Folder on this server", None, str(split), 0.5, api_name="/load_data")[0]
+    assert "4 training and 4 validation images (train/ and val/ folders)" in summary
     summary = c.predict("Folder on this server", None, str(data), 0.5, api_name="/load_data")[0]
-    assert "2 classes" in summary
+    assert "2 classes" in summary and "(class folders, split 50%/50% into train/val)" in summary
     status, curves, log, checkpoint = c.predict(epochs=1, augment_preset="none", **FAST, api_name="/train")
     assert "Finished" in status and Path(checkpoint).name == "best.pt"
     accuracy, confusion, per_class, mistakes = c.predict(api_name="/evaluate")
@@ -269,6 +298,17 @@ def test_uploaded_weights_load_by_name_and_shape_and_a_pickle_is_refused(studio,
     # conv1 matches by name and shape; a 7-class fc does not fit this head and is skipped, not forced.
     assert re.search(r"partial\.pth:\*\* 1 tensors? loaded, 1 skipped", report) and "fc.weight" in report
     assert "your file partial.pth" in status
+
+    # A refused file of the same name as the weights in use replaces nothing.
+    (tmp_path / "again").mkdir()
+    unrelated = tmp_path / "again" / "partial.pth"
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, unrelated)
+    with pytest.raises(Exception) as err:
+        c.predict(handle_file(str(unrelated)), api_name="/upload_weights")
+    assert "No tensor in partial.pth matches ResNet50 by name and shape: use ResNet50 weights" in error_text(err.value)
+    assert "your file partial.pth" in c.predict("head", "", "all stages", 32, 2, api_name="/inspect_model")[0]
+    [kept] = studio.workdir.rglob("weights-partial.pth")
+    assert set(torch.load(kept, weights_only=True)) == {"conv1.weight", "fc.weight"}
 
     marker = tmp_path / "pwned"
 

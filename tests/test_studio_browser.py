@@ -121,7 +121,7 @@ def test_newcomer_goes_from_data_to_prediction_by_clicking(studio_url, page):
     expect(page.locator("#weights-status")).to_contain_text("Weights:")
     expect(page.locator("#weights-status")).to_contain_text(re.compile("random initialisation", re.I))
     # The head follows the demo set the page loads (4 classes), not ImageNet's 1000.
-    expect(page.locator("#trainable-counts")).to_contain_text("8,196 of 23,516,228 parameters train")
+    expect(page.locator("#trainable-counts")).to_contain_text("8,196 of 23,516,228 parameters train (0.03%)")
     expect(page.locator("#stage-plot .js-plotly-plot")).to_be_visible()
     shot(page, "1-model")
     # The table is long (only its first rows are drawn): the name filter finds the head, which trains.

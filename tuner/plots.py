@@ -26,7 +26,12 @@ def training_curves(history: Sequence[dict[str, Any]]) -> go.Figure:
     fig.add_trace(go.Scatter(x=frame.epoch, y=frame.lr, mode="lines+markers", name="lr", line=dict(color="#64748b"),
                              showlegend=False), row=1, col=3)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
-    fig.update_xaxes(title_text="epoch", dtick=1 if len(frame) <= 15 else None)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(rangemode="tozero", row=1, col=3)
+    # Plotly's autorange spans -1..1 around a lone point (the first epoch) and shows epoch "0" and "-1";
+    # a fixed half-epoch margin keeps the axis on real epochs from the first point on.
+    last_epoch = int(frame.epoch.max()) if len(frame) else 1
+    fig.update_xaxes(title_text="epoch", range=[0.5, last_epoch + 0.5], dtick=1 if last_epoch <= 15 else None)
     fig.update_layout(**LAYOUT)
     # Above the subplot titles, at the right: the default spot sits on top of the "Loss" title.
     fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.1, xanchor="right", x=1),

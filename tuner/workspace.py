@@ -41,7 +41,7 @@ NO_DATA_CHANGE_DURING_A_JOB = ("A job is running in this session (training, eval
 
 @dataclass
 class Workspace:
-    """What one session owns. Its folders: data/ (unpacked uploads), runs/, exports/, uploads/."""
+    """What one session owns. Its folders: datasets/ (unpacked zips), uploads/, runs/, exports/."""
 
     root: Path  # what the user brought (uploads, unpacked data): never served by the web server
     served: Path | None = None  # what tuner made for them (runs/, exports/): downloadable; default root
@@ -52,6 +52,7 @@ class Workspace:
     data_source: str = ""  # "demo", or a folder the engine can read
     data_label: str = ""  # how the UI names it (never a server path)
     classes: list[str] = field(default_factory=list)  # of the loaded dataset
+    spec: Any = None  # the loaded dataset's DatasetSpec: the augmentation preview reuses it (no re-reading)
     weights: str = "imagenet"  # "imagenet", "random" or a weights file inside this workspace
     weights_label: str = "ImageNet (torchvision IMAGENET1K_V1)"
     run_dir: Path | None = None  # the current run (Resume continues it)
@@ -67,7 +68,7 @@ class Workspace:
 
     def __post_init__(self) -> None:
         self.served = self.served or self.root
-        for folder in (self.data_dir, self.runs, self.exports, self.uploads):
+        for folder in (self.runs, self.exports, self.uploads):
             folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -81,10 +82,6 @@ class Workspace:
     @property
     def exports(self) -> Path:
         return self.served / "exports"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
 
     @property
     def uploads(self) -> Path:
@@ -183,7 +180,7 @@ class Workspace:
         `queued`: a Start/Resume that may have waited in the queue; if refused, it waits no more."""
         return _Job(self, queued)
 
-    def set_data(self, data_source: str, label: str, classes: list[str]) -> None:
+    def set_data(self, data_source: str, label: str, classes: list[str], spec: Any = None) -> None:
         """Point the session at other data, unless one of its jobs runs: a run keeps the data and run
         folder it started with. The slot is held only for the switch itself, so loading (unzipping,
         checking images) never blocks Start, and a Start during a load trains on the data it saw."""
@@ -192,7 +189,7 @@ class Workspace:
         try:
             if self.classes and self.classes != list(classes) and self.run_dir is not None:
                 self.run_dir = None  # a new class list cannot resume the old run
-            self.data_source, self.data_label, self.classes = data_source, label, list(classes)
+            self.data_source, self.data_label, self.classes, self.spec = data_source, label, list(classes), spec
         finally:
             self._busy.release()
 

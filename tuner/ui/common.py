@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -80,11 +79,17 @@ class Studio:
         return text
 
 
-def _request_of(fn: Callable, args: tuple, kwargs: dict) -> gr.Request | None:
+def _request_of(args: tuple, kwargs: dict) -> gr.Request | None:
     for value in list(args) + list(kwargs.values()):
         if isinstance(value, gr.Request):
             return value
     return None
+
+
+# An error names its fix, and the outputs keep showing the last good state (the data still loaded, the
+# last run's charts), so the message is the only place the user learns what went wrong: it stays until
+# closed instead of fading after Gradio's 10 s.
+ERROR_SHOWN_S = None
 
 
 def user_facing(studio: Studio) -> Callable[[Callable], Callable]:
@@ -100,12 +105,13 @@ def user_facing(studio: Studio) -> Callable[[Callable], Callable]:
         except TunerError:
             pass
         if isinstance(exc, TunerError):
-            return gr.Error(studio.where_settings(studio.public(str(exc), workspace)), print_exception=False)
+            return gr.Error(studio.where_settings(studio.public(str(exc), workspace)), duration=ERROR_SHOWN_S,
+                            print_exception=False)
         log.exception("unexpected error in the studio")
         kind = type(exc).__name__
         return gr.Error(f"Something went wrong ({kind}: {studio.public(str(exc), workspace)[:200]}). Your files "
                         "are kept; try again, and if it repeats, report it with the server log.",
-                        print_exception=False)
+                        duration=ERROR_SHOWN_S, print_exception=False)
 
     def decorate(fn: Callable) -> Callable:
         if inspect.isgeneratorfunction(fn):
@@ -114,7 +120,7 @@ def user_facing(studio: Studio) -> Callable[[Callable], Callable]:
                 try:
                     yield from fn(*args, **kwargs)
                 except Exception as exc:  # noqa: BLE001 - every error becomes a message, none a traceback
-                    raise to_gr_error(exc, _request_of(fn, args, kwargs)) from None
+                    raise to_gr_error(exc, _request_of(args, kwargs)) from None
             return generator
 
         @functools.wraps(fn)
@@ -122,7 +128,7 @@ def user_facing(studio: Studio) -> Callable[[Callable], Callable]:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001
-                raise to_gr_error(exc, _request_of(fn, args, kwargs)) from None
+                raise to_gr_error(exc, _request_of(args, kwargs)) from None
         return plain
 
     return decorate
@@ -131,6 +137,3 @@ def user_facing(studio: Studio) -> Callable[[Callable], Callable]:
 def markdown_list(lines: list[str], empty: str = "") -> str:
     return "\n".join(f"- {line}" for line in lines) if lines else empty
 
-
-def file_name(path: str | os.PathLike) -> str:
-    return os.path.basename(str(path))

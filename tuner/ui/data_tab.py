@@ -46,20 +46,14 @@ def load_spec(studio: Studio, workspace, source: str, zip_file, folder: str, val
     else:
         raise TunerError(f"Unknown data source {source!r}: choose {DEMO}, {ZIP} or {FOLDER}.")
     spec = discover_dataset(dataset_folder(data_source, workspace.root), float(val_ratio), int(seed))
-    workspace.set_data(data_source, label, spec.classes)
+    workspace.set_data(data_source, label, spec.classes, spec)
     return spec
-
-
-def current_spec(studio: Studio, workspace, val_ratio: float, seed: int) -> DatasetSpec:
-    if not workspace.data_source:
-        raise TunerError("No data loaded yet: open the Data tab and press Load data (the demo set works offline).")
-    return discover_dataset(dataset_folder(workspace.data_source, workspace.root), float(val_ratio), int(seed))
 
 
 def summary_markdown(workspace, spec: DatasetSpec) -> str:
     counts = spec.counts()
     lines = [f"**{workspace.data_label}**: {len(spec.classes)} classes, {len(spec.train)} training and "
-             f"{len(spec.val)} validation images ({'its own val/ folder' if spec.layout == 'split' else 'validation split held out'})."]
+             f"{len(spec.val)} validation images ({spec.layout})."]
     lines.append("Classes: " + ", ".join(f"`{row['class']}` ({row['train']}+{row['val']})" for row in counts))
     return "\n\n".join(lines)
 
@@ -116,15 +110,15 @@ def wire(studio: Studio, tab: dict, form) -> None:
     tab["demo_load"] = dict(load_event, api_name=False)
 
     @act
-    def preview_augmentation(val_ratio: float, request: gr.Request, **settings):
+    def preview_augmentation(request: gr.Request, **settings):
         workspace = studio.workspace(request)
-        if not workspace.data_source:
+        if workspace.spec is None:
             return gr.update()
         config = form.config(settings)
-        spec = current_spec(studio, workspace, val_ratio, config.seed)
-        return augmented_grid(spec, config.augment, config.image_size, seed=config.seed)
+        # The images as loaded: reading and checking every file again on each slider move took seconds.
+        return augmented_grid(workspace.spec, config.augment, config.image_size, seed=config.seed)
 
     for component in form.preview_inputs().values():
-        component.change(preview_augmentation, [tab["val_ratio"]], [tab["augmented"]],
+        component.change(preview_augmentation, [], [tab["augmented"]],
                          inputs_kwargs=form.preview_inputs(), api_name=False, concurrency_id=LIGHT,
                          show_progress="hidden", trigger_mode="always_last")

@@ -84,7 +84,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
                                        tensorrt_int8=bool(int8_engine), max_images=verify_images,  # precision=0: an int
                                        progress=lambda done, total, label: progress((done, total), desc=label),
                                        stop=workspace.stop)
-        failed = [row["format"] for row in report.verification if row["passed"] is False]
+        failed = report.failed
         notes = [studio.public(m, workspace) for m in report.messages]
         if failed:
             notes.insert(0, f"**{', '.join(failed)} did not match PyTorch**: see the table, and do not deploy it.")

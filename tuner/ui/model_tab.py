@@ -98,8 +98,10 @@ def build(studio: Studio) -> dict:
         model = structure_model(workspace_classes(workspace))
         summary = model_inspect.stage_summary(model, trainable)
         total = summary[summary.stage == "total"].iloc[0]
+        share = total.trainable / total.params
+        # A new head alone is 0.03% of ResNet50: one decimal would print "0.0%" for a head that does train.
         text = (f"**{int(total.trainable):,}** of {int(total.params):,} parameters train "
-                f"({total.trainable / total.params:.1%}); {int(total.frozen):,} stay frozen.")
+                f"({share:.{2 if 0 < share < 0.01 else 1}%}); {int(total.frozen):,} stay frozen.")
         table = filter_table(model_inspect.parameter_table(model, trainable), name_filter, stage)
         return (weights_status(studio, workspace), text, parameters_per_stage(summary), table,
                 model_inspect.stage_output_shapes(model, int(image_size)),
@@ -117,18 +119,12 @@ def build(studio: Studio) -> dict:
         if not file:
             return gr.update(), ""
         source = Path(file if isinstance(file, str) else file.name)
+        # Checked where Gradio put it and copied only once accepted: a refused file with the name of the
+        # weights in use must not replace them.
+        model = new_resnet50(workspace_classes(workspace))
+        report = apply_state_dict(model, read_state_dict(source), source.name)  # refuses a file with no match
         target = workspace.uploads / ("weights-" + source.name)
         shutil.copyfile(source, target)
-        try:
-            model = new_resnet50(workspace_classes(workspace))
-            report = apply_state_dict(model, read_state_dict(target), source.name)
-        except Exception:
-            target.unlink(missing_ok=True)  # a refused file is not kept
-            raise
-        if not report.loaded:
-            target.unlink(missing_ok=True)
-            raise gr.Error(f"No tensor of {source.name} matches ResNet50 by name and shape: upload ResNet50 "
-                           "weights (torchvision names such as layer1.0.conv1.weight).", print_exception=False)
         workspace.weights, workspace.weights_label = str(target), f"your file {source.name}"
         return weights_status(studio, workspace), f"**{source.name}:** {report.summary()}"
 

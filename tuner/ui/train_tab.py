@@ -15,7 +15,8 @@ from ..config import (AMP_CHOICES, AUGMENT_PRESETS, DEVICE_CHOICES, FEATURE_CACH
                       OPTIMIZERS, SCHEDULERS, AugmentConfig, TrainConfig)
 from ..errors import TunerError
 from ..plots import training_curves
-from ..train import PHASES, CheckpointSaved, EpochEnd, Finished, Message, Progress, RunStarted, StageStarted, train
+from ..train import (PHASES, CheckpointSaved, EpochEnd, Finished, Message, Progress, RunStarted, StageStarted,
+                     read_history, train)
 from .common import HEAVY, LIGHT, Studio, user_facing
 from .model_tab import TRAINABLE_RADIO_CHOICES
 
@@ -173,8 +174,9 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         resume = gr.Button("Resume", elem_id="train-resume")
-    status = gr.HTML(progress_html("Not started: load data in the Data tab, choose settings below, press Start", 0, 1),
-                     elem_id="train-status")
+    # The page loads the demo set by itself, so the first words must not ask the user to load data.
+    status = gr.HTML(progress_html("Not started: press Start to train on the images in the Data tab "
+                                   "(the built-in demo set until you load your own)", 0, 1), elem_id="train-status")
     with gr.Row():
         curves = gr.Plot(show_label=False, elem_id="train-curves", scale=3)  # subplot titles name the charts
         with gr.Column(scale=2):
@@ -211,8 +213,9 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
         def say(text: str) -> None:
             lines.append(studio.public(text, workspace))
 
-        events = train(config, stop=workspace.stop, resume=resume_run, given={"epochs", "early_stopping"} if
-                       resume_run else None)
+        # Every widget's value counts as given: on resume the engine takes those that may change (epochs, ...)
+        # and names each other one the user changed as ignored, rather than dropping it without a word.
+        events = train(config, stop=workspace.stop, resume=resume_run)
         for event in events:
             if isinstance(event, RunStarted):
                 history = list(workspace.history_before) if resume_run else []
@@ -350,14 +353,3 @@ def wire(studio: Studio, tab: dict, val_ratio: gr.Slider, heavy_limit: int) -> N
         component.change(tab["show_commands"], [val_ratio], [tab["command"], tab["torchrun"]],
                          inputs_kwargs=inputs_kwargs, api_name=False, concurrency_id=LIGHT, show_progress="hidden",
                          trigger_mode="always_last")
-
-
-def read_history(run_dir) -> list[dict]:
-    """The run's history.csv as rows (to redraw the curves of a resumed run from its first epoch)."""
-    import csv
-
-    path = run_dir / "history.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [{k: float(v) if k != "epoch" else int(float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
