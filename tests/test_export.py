@@ -348,6 +348,18 @@ def test_standalone_onnx_predictor_agrees_with_tuner_predict_without_torch_or_tu
         assert [t["label"] for t in deployed_one["top_k"]] == [t["label"] for t in mine["top_k"]]
         np.testing.assert_allclose([t["prob"] for t in deployed_one["top_k"]], [t["prob"] for t in mine["top_k"]],
                                    atol=1e-4)
+    # Like tuner predict: a file it cannot read is named on stderr and the others are answered (status 1);
+    # a model file that is not ONNX, or --top-k 0, is one line, never a traceback.
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    script, model = str(report.files["predict_onnx.py"]), str(report.files["onnx"])
+    mixed = subprocess.run([sys.executable, script, model, str(tmp_path / "notes.jpg"), str(tmp_path / "odd"),
+                            images[0], "--json"], capture_output=True, text=True, timeout=120)
+    assert mixed.returncode == 1 and [json.loads(line)["image"] for line in mixed.stdout.splitlines()] == images[:1]
+    assert mixed.stderr.count("skipped: cannot read") == 2 and "Traceback" not in mixed.stderr
+    for args, words in (([images[0], images[0]], "is not an ONNX model onnxruntime can open"),
+                        ([model, images[0], "--top-k", "0"], "--top-k=0: ask for at least 1.")):
+        refused = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and words in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_the_deploy_scripts_rgb_conversion_is_tuners_for_every_image_mode():

@@ -22,7 +22,11 @@ from PIL import Image, ImageOps
 
 
 def load_model(path: str):
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a missing or foreign file
+        sys.exit(f"error: {path} is not an ONNX model onnxruntime can open ({str(exc).splitlines()[0][:120]}): "
+                 "give the model.onnx that `python -m tuner export` wrote, then the images.")
     meta = session.get_modelmeta().custom_metadata_map
     try:
         info = {"classes": json.loads(meta["classes"]), "image_size": int(meta["image_size"]),
@@ -86,17 +90,26 @@ def main(argv=None) -> int:
     parser.add_argument("--top-k", type=int, default=5, help="as `python -m tuner predict`")
     parser.add_argument("--json", action="store_true", help="one JSON line per image, as `python -m tuner predict --json`")
     args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error(f"--top-k={args.top_k}: ask for at least 1.")
     session, info = load_model(args.model)
     input_name = session.get_inputs()[0].name
+    skipped = 0
     for path in args.images:
-        probs = softmax(session.run(None, {input_name: preprocess(path, info)})[0])[0]
-        order = np.argsort(-probs)[: max(1, min(args.top_k, len(probs)))]
+        try:  # one unreadable file costs its own answer only, as in `python -m tuner predict`
+            x = preprocess(path, info)
+        except (OSError, ValueError, SyntaxError) as exc:  # missing, a folder, not an image, damaged
+            print(f"skipped: cannot read {path} as an image ({str(exc).splitlines()[0][:120]})", file=sys.stderr)
+            skipped += 1
+            continue
+        probs = softmax(session.run(None, {input_name: x})[0])[0]
+        order = np.argsort(-probs)[: min(args.top_k, len(probs))]
         top = [{"label": info["classes"][i], "prob": float(probs[i])} for i in order]
         if args.json:
             print(json.dumps({"image": path, "top_k": top}))
         else:
             print(f"{path}: " + ", ".join(f"{t['label']} {t['prob']:.1%}" for t in top))
-    return 0
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":
