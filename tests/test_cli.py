@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, TINY_SIZE
-from tuner.cli import build_parser, command_for, config_from_args, uncovered_config_fields
+from tuner.cli import FLAG_FOR_FIELD, build_parser, command_for, config_from_args, uncovered_config_fields
 from tuner.cli import main as cli_main
 from tuner.errors import rename_settings, setting_names
 from tuner.config import AugmentConfig, TrainConfig
@@ -58,6 +58,12 @@ def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset, capsys):
     printed = capsys.readouterr()
     assert [line.split(": ")[0] for line in printed.out.splitlines()] == images
     assert "skipped: Cannot read bad.jpg as an image" in printed.err
+    assert cli_main(["predict", "--checkpoint", str(out / "best.pt"), str(tiny_dataset), str(tmp_path / "nope.jpg"),
+                     images[0]]) == 1
+    printed = capsys.readouterr()
+    assert printed.out.startswith(images[0] + ": ")
+    assert f"skipped: {tiny_dataset} is a folder: give the images in it, e.g. {tiny_dataset}/*.jpg" in printed.err
+    assert f"skipped: {tmp_path / 'nope.jpg'} not found: check the path." in printed.err
 
     # Resume with only --out: the run keeps its own data and settings, and trains on.
     result = tuner("train", "--out", str(out), "--resume", "--epochs", "2")
@@ -98,6 +104,7 @@ USER_ERRORS = [
      "--backbone-lr-mult=0 with --trainable='layer4' would unfreeze stages that never change: use "
      "--trainable='head'"),
     (["train", "--backbone-lr-mult", "-1", "--out", "OUT"], "--backbone-lr-mult=-1.0: use 0 or more"),
+    (["train", "--lr", "inf", "--out", "OUT"], "--lr=inf must be a finite number"),
     (["train", "--trainable", "layer4", "--head-epochs", "3", "--epochs", "3", "--out", "OUT"],
      "--head-epochs=3 leaves no epoch to fine-tune deeper stages: use fewer than --epochs=3."),
     (["train", "--trainable", "layer4", "--batch-size", "1", "--out", "OUT"],
@@ -109,6 +116,8 @@ USER_ERRORS = [
     (["predict", "--imagenet", "x.png"], "needs its pretrained weights (resnet50-0676ba61.pth), and none were found: "
                                          "copy resnet50-0676ba61.pth (from https://"),
     (["evaluate", "--checkpoint", "/no/such.pt"], "Checkpoint not found"),
+    (["evaluate", "--checkpoint", "OUT_FOLDER"], "is a folder: give a checkpoint file in it, e.g. "),
+    (["bench", "--quick", "--json", "OUT_FOLDER"], "is a folder: give the report's file name, e.g. "),
 ]
 
 
@@ -117,7 +126,7 @@ def test_user_errors_are_one_line_that_names_the_flags_typed(tmp_path, capsys, a
     # In-process (main() is what `python -m tuner` runs), so each case costs no interpreter start;
     # an unexpected exception would escape main() and fail the test with its traceback.
     ctrl_c = signal.getsignal(signal.SIGINT)
-    code = cli_main([str(tmp_path / "out") if a == "OUT" else a for a in args])
+    code = cli_main([str(tmp_path / "out") if a == "OUT" else str(tmp_path) if a == "OUT_FOLDER" else a for a in args])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err
@@ -146,6 +155,9 @@ def test_only_settings_are_renamed_never_words_in_the_prose():
     assert rename_settings("head_epochs=2 and epochs=3; out='' given", flags) == \
         "--head-epochs=2 and --epochs=3; --out='' given"
     assert setting_names("epochs=3 after head_epochs", flags) == ["epochs", "head_epochs"]
+    # The CLI's own table covers predict's check and the resume warning's field names too.
+    assert rename_settings("top_k=0: ask for at least 1.", FLAG_FOR_FIELD) == "--top-k=0: ask for at least 1."
+    assert rename_settings("ignored: lr=0.5, num_workers=2", FLAG_FOR_FIELD) == "ignored: --lr=0.5, --workers=2"
 
 
 def test_a_user_error_in_a_real_process_is_one_line_without_traceback(tmp_path):
@@ -154,6 +166,16 @@ def test_a_user_error_in_a_real_process_is_one_line_without_traceback(tmp_path):
     assert result.stderr.startswith("error: Dataset folder not found")
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch):
+    # `python -m tuner inspect | head -1`: head exits after one line and later writes hit a closed pipe.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as closed_pipe:
+        monkeypatch.setattr(sys, "stdout", closed_pipe)
+        code = cli_main(["inspect", "--no-download", "--classes", "2", "--image-size", "32"])
+        assert code == 141  # no traceback: BrokenPipeError did not escape main()
 
 
 def test_inspect_prints_stages_and_shapes():

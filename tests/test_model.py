@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuner.config import TRAINABLE_CHOICES, TrainConfig
+from tuner.config import TRAINABLE_CHOICES, AugmentConfig, TrainConfig
 from tuner.errors import TunerError
 from tuner.inspect import layer_tree, layer_tree_text, parameter_table, stage_output_shapes, stage_summary
 from tuner.model import (calibrate_batchnorm, freeze, make_optimizer, new_resnet50, parameter_groups,
@@ -115,6 +115,25 @@ def test_settings_that_train_nothing_are_refused_with_the_way_out():
         TrainConfig(trainable="layer4", head_epochs=5, epochs=5).validate()
     with pytest.raises(TunerError, match="head-only already"):
         TrainConfig(trainable="head", head_epochs=1).validate()
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lr=float("inf")), "lr=inf must be a finite number or None (the default)."),
+    (dict(weight_decay=float("nan")), "weight_decay=nan must be a finite number."),
+    (dict(trainable="layer4", backbone_lr_mult=float("inf")), "backbone_lr_mult=inf must be a finite number"),
+    (dict(epochs="2"), "epochs='2' must be a whole number."),
+    (dict(image_size=32.5), "image_size=32.5 must be a whole number."),
+    (dict(compile=1), "compile=1 must be true or false."),
+    (dict(augment={"preset": "none"}), "must be an AugmentConfig (e.g. AugmentConfig.from_preset('light'))"),
+    (dict(augment=AugmentConfig(rotation=float("nan"))), "rotation=nan must be a finite number."),
+])
+def test_values_of_the_wrong_kind_or_not_finite_are_refused_by_name(changes, message):
+    # inf and nan pass every range check (nan compares false to everything), and a run with them trains
+    # to NaN and saves it; the Python API has no argparse to turn "2" into 2.
+    with pytest.raises(TunerError) as err:
+        TrainConfig(**changes).validate()
+    assert message in str(err.value)
+    TrainConfig(lr=1, weight_decay=0, backbone_lr_mult=None).validate()  # an int where a float is asked is fine
 
 
 def test_calibration_gives_random_batchnorm_real_statistics():

@@ -152,7 +152,7 @@ def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio, imagenet_
     status, curves, log, checkpoint = c.predict(epochs=done + 1, trainable="layer4", augment_preset="none", lr="0.1",
                                                 **FAST, api_name="/resume")
     assert f"Resuming at epoch {done + 1}" in log
-    assert "Resuming keeps the run's own settings; ignored: lr (only epochs" in log
+    assert "Resuming keeps the run's own settings, so these were ignored: lr=0.1. On resume only" in log
     assert "Finished" in status and re.search(rf"\b{done + 1} epochs? done", status)
     assert Path(checkpoint).name == "best.pt"
 

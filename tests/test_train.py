@@ -8,6 +8,7 @@ import math
 import os
 import re
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -104,8 +105,40 @@ def test_a_checkpoint_that_only_predicts_or_is_damaged_cannot_be_resumed_and_say
         run_to_end(tiny_config(out, tiny_dataset), resume=True)
     (out / "last.pt").write_text("hello")
     with pytest.raises(TunerError, match=r"last.pt is not a readable checkpoint: it is damaged or not a PyTorch "
-                                         r"file \(.*\)\. Use the best.pt or last.pt that a tuner run wrote\."):
+                                         r"file \(.*\)\. Use the best.pt or last.pt that a tuner run wrote\. "
+                                         r"To start over in .*, use --overwrite"):
         run_to_end(tiny_config(out, tiny_dataset), resume=True)
+    # A long internal reason is cut at a word, on its first line.
+    from tuner.weights import short_reason
+    long = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory. " * 3
+                        + "\nsecond line")
+    assert short_reason(long).endswith(" ...") and len(short_reason(long)) <= 124 and "second" not in short_reason(long)
+
+
+def test_a_diverging_run_stops_with_the_fix_and_keeps_its_last_good_checkpoint(tmp_path, tiny_dataset):
+    from tuner.checkpoint import save_checkpoint
+
+    config = tiny_config(tmp_path / "run", tiny_dataset, lr=1e30, epochs=4)
+    events = []
+    with pytest.raises(TunerError, match=r"Training diverged in epoch \d: .* try lr=1e\+29\); ") as err:
+        for event in train(config):
+            events.append(event)
+    finished = len([e for e in events if isinstance(e, EpochEnd)])
+    assert ("earlier checkpoints are kept" if finished else "nothing was saved") in str(err.value)
+    if finished:
+        saved = load_checkpoint(tmp_path / "run" / "last.pt")
+        assert saved["epoch"] == finished and all(math.isfinite(row["val_loss"]) for row in saved["history"])
+        model_from_checkpoint(saved)  # what was saved is usable
+    else:
+        assert not (tmp_path / "run" / "last.pt").exists()
+    good = tiny_config(tmp_path / "good", tiny_dataset, epochs=1)
+    run_to_end(good)
+    saved = load_checkpoint(tmp_path / "good" / "last.pt")
+    # A checkpoint whose weights are NaN anyway (written by an older tuner) is refused before any use.
+    saved["model_state"]["fc.bias"] = torch.full_like(saved["model_state"]["fc.bias"], float("nan"))
+    save_checkpoint(saved, tmp_path / "nan.pt")
+    with pytest.raises(TunerError, match=r"fc.bias holds NaN or infinity\): its run diverged"):
+        model_from_checkpoint(load_checkpoint(tmp_path / "nan.pt"))
 
 
 def test_an_output_folder_that_cannot_be_one_is_a_clear_error(tmp_path, tiny_dataset):
@@ -115,6 +148,29 @@ def test_an_output_folder_that_cannot_be_one_is_a_clear_error(tmp_path, tiny_dat
         with pytest.raises(TunerError, match=f"The output folder {re.escape(str(out))} {re.escape(where)}: choose a folder"):
             run_to_end(tiny_config(out, tiny_dataset))
     assert blocker.read_text() == "a file"
+    with pytest.raises(TunerError, match=r"cannot be created \(File name too long\): choose another folder"):
+        run_to_end(tiny_config(tmp_path / ("x" * 300), tiny_dataset))
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2 vs 1")])
+def test_a_full_disk_while_saving_is_a_message_and_leaves_the_old_file(tmp_path, failure):
+    from tuner.checkpoint import WriteFailed, atomic_write
+
+    target = tmp_path / "last.pt"
+    target.write_text("the previous checkpoint")
+
+    def write(tmp):
+        Path(tmp).write_text("half")
+        raise failure
+
+    with pytest.raises(WriteFailed, match=r"Could not write last.pt into .* \((No space left on device|the disk may be "
+                                          r"full)\): free some disk space or choose another folder") as err:
+        atomic_write(target, write)
+    assert isinstance(err.value, OSError) and isinstance(err.value, TunerError)  # optional files carry on
+    assert target.read_text() == "the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    with pytest.raises(RuntimeError, match="a bug"):  # not every RuntimeError is a disk problem
+        atomic_write(target, lambda tmp: (_ for _ in ()).throw(RuntimeError("a bug")))
 
 
 class StopAfter:
@@ -210,7 +266,7 @@ def test_resume_can_extend_epochs_but_keeps_the_run_settings(tmp_path, tiny_data
     longer = tiny_config(tmp_path / "run", tiny_dataset, epochs=2, lr=0.5)
     events = collect(longer, resume=True)
     warnings = [e.text for e in events if type(e).__name__ == "Message" and e.level == "warning"]
-    assert any("ignored: lr" in w for w in warnings)
+    assert any("so these were ignored: lr=0.5. On resume only how long and where" in w for w in warnings)
     assert not any("No pretrained weights" in w for w in warnings)  # said by the first run; this one resumes
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 2 and state["config"]["lr"] == 0.05

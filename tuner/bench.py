@@ -958,6 +958,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import sys
 
     settings = settings_from_args(args).validate()
+    if Path(args.json).is_dir():  # checked before the measuring, which takes minutes, not after it
+        raise TunerError(f"--json {args.json} is a folder: give the report's file name, e.g. "
+                         f"{Path(args.json) / 'bench.json'}.")
     report = run_bench(settings, args.workdir, log=lambda text: print(text, file=sys.stderr, flush=True))
     path = write_report(report, args.json)
     print(format_table(report))

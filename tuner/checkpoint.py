@@ -39,18 +39,24 @@ def output_folder(path: str | os.PathLike) -> Path:
     """Create (if needed) the folder a job writes into. A path that cannot be one is the user's to fix,
     so it gets a message, not FileExistsError or PermissionError from deep inside a run."""
     out = Path(path)
-    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        where = "is a file" if blocker == out else f"is inside {blocker}, which is a file"
-        raise TunerError(f"The output folder {out} {where}: choose a folder (a missing one is created).")
     try:
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            where = "is a file" if blocker == out else f"is inside {blocker}, which is a file"
+            raise TunerError(f"The output folder {out} {where}: choose a folder (a missing one is created).")
         out.mkdir(parents=True, exist_ok=True)
-    except PermissionError:
-        pass
-    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
-        raise TunerError(f"The output folder {out} cannot be written here (permission denied): choose a folder "
-                         "you can write to.")
+    except OSError as exc:  # read-only filesystem, a name too long, a parent that cannot hold folders...
+        raise TunerError(f"The output folder {out} cannot be created ({exc.strerror or exc}): choose another "
+                         "folder.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise TunerError(f"The output folder {out} cannot be written here (permission denied or a read-only "
+                         "disk): choose a folder you can write to.")
     return out
+
+
+class WriteFailed(TunerError, OSError):
+    """A file could not be written (disk full, read-only, gone). A TunerError for the user, and an
+    OSError for callers whose file is optional (caches, probes) and who carry on without it."""
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -59,19 +65,31 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     Readers see the old file or the new one, never half of one, even if the process dies mid-write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the finished file gets the usual permissions
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as RuntimeError ("unexpected pos ..."); other RuntimeErrors are bugs.
+        if isinstance(exc, RuntimeError) and not _is_torch_write_error(exc):
+            raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the disk may be full"
+        raise WriteFailed(f"Could not write {path.name} into {path.parent} ({reason}): free some disk space or "
+                          f"choose another folder. Any earlier {path.name} there is unchanged.") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _is_torch_write_error(exc: RuntimeError) -> bool:
+    return any(word in str(exc) for word in ("inline_container", "PytorchStreamWriter", "unexpected pos"))
 
 
 def same_file_as(source: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -106,6 +124,8 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = PREDICT
     """Read a tuner checkpoint safely; a TunerError names the problem for anything else, including a
     checkpoint without the `required` keys (RESUME_KEYS to train on from it)."""
     path = Path(path)
+    if path.is_dir():
+        raise TunerError(f"{path} is a folder: give a checkpoint file in it, e.g. {path / 'best.pt'}.")
     if not path.is_file():
         raise TunerError(f"Checkpoint not found: {path}. Train first (python -m tuner train ...) or give the "
                          "path to a best.pt/last.pt file.")
@@ -140,4 +160,9 @@ def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
         model.load_state_dict(state["model_state"], strict=True)
     except RuntimeError as exc:
         raise TunerError(f"The checkpoint's weights do not fit ResNet50 ({str(exc).splitlines()[0][:120]}).") from None
+    broken = next((name for name, value in state["model_state"].items()
+                   if value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
+    if broken:  # every answer would be NaN; the ONNX check and softmax would fail far from the cause
+        raise TunerError(f"The checkpoint's weights are not all numbers ({broken} holds NaN or infinity): its run "
+                         "diverged. Train again with a lower learning rate (--lr), or use an earlier checkpoint.")
     return model.eval()

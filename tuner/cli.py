@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import signal
 import sys
@@ -88,6 +89,7 @@ TRAIN_FLAGS = [
 
 # Config field -> the flag that sets it, for error messages (switches are never assigned in them).
 FLAG_FOR_FIELD = {f.field.split(".")[-1]: f.flag for f in TRAIN_FLAGS if not f.switch and f.field != "augment.preset"}
+FLAG_FOR_FIELD["top_k"] = "--top-k"  # predict's Predictor checks
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -226,11 +228,11 @@ class ConsoleRenderer:
             weights = f"{event.weights['message']} ({event.weights_report})" if event.weights["pretrained"] else \
                 "random initialisation (see the warning below)"
             self._line(f"Device: {event.device}. Weights: {weights}.")
-        elif name == "Message":
-            self._line(("warning: " if event.level == "warning" else "") + event.text)
+        elif name == "Message":  # the engine names settings by field; here the user typed flags
+            self._line(("warning: " if event.level == "warning" else "") + rename_settings(event.text, FLAG_FOR_FIELD))
         elif name == "StageStarted":
             self._line(f"Epoch {event.epoch}: training {event.trainable_params:,} of {event.total_params:,} parameters "
-                       f"(trainable={event.trainable}); {event.fast_path}.")
+                       + rename_settings(f"(trainable={event.trainable}); {event.fast_path}.", FLAG_FOR_FIELD))
         elif name == "EpochEnd":
             self._line(f"epoch {event.epoch}/{event.epochs}  train loss {event.train_loss:.4f} acc {event.train_acc:.1%}"
                        f"  val loss {event.val_loss:.4f} acc {event.val_acc:.1%}  lr {event.lr:.3g}  "
@@ -387,6 +389,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def count(text: str) -> int:
+    """argparse type for a number of things: a whole number, 0 or more."""
+    value = int(text)  # argparse turns the ValueError into "invalid count value"
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: use 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuner", description="Fine-tune a pretrained ResNet50 on your "
                                      "own images: one sub-folder per class.")
@@ -407,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=1000,
                    help="classes of the new head: give your dataset's count for its parameter numbers (default: 1000)")
     p.add_argument("--image-size", type=int, default=224, help="input size for the output shapes (default: 224)")
-    p.add_argument("--tree", type=int, nargs="?", const=2, default=0, metavar="DEPTH", help="print the layer tree")
+    p.add_argument("--tree", type=count, nargs="?", const=2, default=0, metavar="DEPTH", help="print the layer tree")
     p.add_argument("--params", action="store_true", help="print every named_parameters() entry")
     p.add_argument("--no-download", action="store_true", help="never download weights")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -417,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split to evaluate (default: val)")
-    p.add_argument("--mistakes", type=int, default=10, help="how many mistakes to list, most confident first (default: 10; 0: none)")
+    p.add_argument("--mistakes", type=count, default=10, help="how many mistakes to list, most confident first (default: 10; 0: none)")
     p.add_argument("--workdir", help="where a .zip dataset is extracted (default: the checkpoint's folder)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=cmd_evaluate)
@@ -461,16 +471,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the try, rather than at interpreter exit
+        return code
     except TunerError as exc:
-        message = str(exc)
-        if args.func is cmd_train:  # config checks name fields; here the user typed flags
-            message = rename_settings(message, FLAG_FOR_FIELD)
-        print(f"error: {message}", file=sys.stderr)
+        # Config and predictor checks name fields (top_k=0); here the user typed flags (--top-k=0).
+        print(f"error: {rename_settings(str(exc), FLAG_FOR_FIELD)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly as Unix tools do, and point stdout at
+        # /dev/null so that flushing it at exit raises nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe ended
 
 
 def uncovered_config_fields() -> list[str]:

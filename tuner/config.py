@@ -8,6 +8,8 @@ resumed. Everything downstream reads settings from it and from nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,39 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 FEATURE_CACHE_CHOICES = ("auto", "off")
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:  # inf and nan pass every range check (nan compares false), so they are refused here
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def check_field_types(config: Any) -> None:
+    """Each field holds the kind of value its annotation names. The Python API accepts anything, and a
+    string epoch count or an infinite learning rate would otherwise fail deep inside a run (or train to
+    NaN and save it), instead of here with the field's name."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+        if not any(_fits(value, kind) for kind in kinds):
+            wanted = " or ".join(_KINDS.get(k) or ("None (the default)" if k is type(None) else
+                                                   f"an {k.__name__} (e.g. {k.__name__}.from_preset('light'))")
+                                 for k in kinds)
+            raise TunerError(f"{f.name}={value!r} must be {wanted}.")
+
+
+_UnionType = type(int | None)  # what `X | None` annotations are
 
 
 @dataclass
@@ -67,6 +102,7 @@ class AugmentConfig:
         return dataclasses.replace(updated, preset="custom")
 
     def validate(self) -> None:
+        check_field_types(self)
         if not 0.05 <= self.crop_scale_min <= 1.0:
             raise TunerError(f"crop_scale_min={self.crop_scale_min} is out of range: use a value from 0.05 to 1.0.")
         if not 0 <= self.rotation <= 180:
@@ -136,6 +172,7 @@ class TrainConfig:
     # ---- checking -------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         """Raise TunerError naming the fix for the first invalid setting; return self when all is well."""
+        check_field_types(self)
         choices = {"trainable": TRAINABLE_CHOICES, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
                    "imbalance": IMBALANCE_CHOICES, "bn": BN_CHOICES, "device": DEVICE_CHOICES,
                    "amp": AMP_CHOICES, "feature_cache": FEATURE_CACHE_CHOICES,

@@ -300,8 +300,11 @@ class _Run:
         for text in spec.warnings:
             yield Message("warning", text)
         if self.ignored_on_resume:
-            yield Message("warning", "Resuming keeps the run's own settings; ignored: "
-                          f"{', '.join(self.ignored_on_resume)} (only {', '.join(RESUME_OVERRIDABLE)} may change).")
+            config_values = self.asked.to_dict()
+            yield Message("warning", "Resuming keeps the run's own settings, so these were ignored: "
+                          + ", ".join(f"{name}={config_values[name]!r}" for name in self.ignored_on_resume)
+                          + ". On resume only how long and where the run trains may change (epochs, early "
+                          "stopping, device, workers, precision, paths); start a new run to change the others.")
         if start_epoch >= config.epochs:
             yield Message("info", f"The run has finished all {config.epochs} epochs already: raise epochs to "
                           "train longer.")
@@ -367,7 +370,12 @@ class _Run:
             return None
         if not last.is_file():
             raise TunerError(f"Nothing to resume in {self.out}: it has no last.pt. Start without --resume.")
-        saved = load_checkpoint(last, required=RESUME_KEYS)
+        try:
+            saved = load_checkpoint(last, required=RESUME_KEYS)
+        except TunerError as exc:
+            raise TunerError(f"{exc} To start over in {self.out}, use --overwrite (overwrite=True); to keep its "
+                             "files, train into another folder.") from None
+        self.asked = self.config  # what the caller gave, to name the ignored values
         self.config, self.ignored_on_resume = merge_resume_config(saved.get("config", {}), self.config, self.given)
         return saved
 
@@ -510,6 +518,12 @@ class _Run:
                                sums["loss"] / sums["seen"], sums["correct"] / sums["seen"])
             loss_sum, correct_sum, seen = all_reduce_sum([sums["loss"], sums["correct"], sums["seen"]], self.runtime)
             val = yield from self._validate(epoch)
+            if not (math.isfinite(loss_sum) and math.isfinite(val["loss"])):  # reduced: every rank stops here
+                raise TunerError(
+                    f"Training diverged in epoch {epoch + 1}: its loss is {loss_sum / max(seen, 1):.3g} (validation "
+                    f"{val['loss']:.3g}), so the weights are no longer usable. Start again with a lower learning rate "
+                    f"(lr={config.base_lr:g} now; try lr={config.base_lr / 10:g}); "
+                    + ("this epoch was not saved, earlier checkpoints are kept." if epoch else "nothing was saved."))
             seconds = sums["seconds"] + time.perf_counter() - t0
             improved = self._better(val["accuracy"], val["loss"])
             end = EpochEnd(epoch + 1, config.epochs, loss_sum / max(seen, 1), correct_sum / max(seen, 1),

@@ -143,8 +143,12 @@ def _download_once(cached: Path) -> str | None:
 
 
 def short_reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None) or exc
-    return str(reason).strip()[:120] or type(exc).__name__
+    """An exception's first line, cut at a word (not mid-word) when it runs past 120 characters."""
+    reason = str(getattr(exc, "reason", None) or exc).strip()
+    reason = reason.splitlines()[0] if reason else ""
+    if len(reason) > 120:
+        reason = reason[:120].rsplit(" ", 1)[0] + " ..."
+    return reason or type(exc).__name__
 
 
 def download_imagenet_weights(target: Path) -> None:
