@@ -22,12 +22,16 @@ def tuner(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_help_lists_every_command():
-    result = tuner("--help")
-    assert result.returncode == 0
-    for command in ("inspect", "train", "evaluate", "predict", "export", "bench"):
-        assert command in result.stdout
-    train_help = tuner("train", "--help").stdout
+def test_help_lists_every_command(capsys):
+    for args in (["--help"], ["train", "--help"]):  # in-process: argparse prints and exits 0
+        with pytest.raises(SystemExit) as done:
+            cli_main(args)
+        assert done.value.code == 0
+        if args == ["--help"]:
+            overview = capsys.readouterr().out
+            for command in ("inspect", "train", "evaluate", "predict", "export", "bench"):
+                assert command in overview
+    train_help = capsys.readouterr().out
     for flag in ("--data", "--out", "--trainable", "--epochs", "--image-size", "--batch-size", "--optimizer",
                  "--lr", "--weights", "--seed", "--resume"):
         assert flag in train_help
@@ -76,23 +80,23 @@ def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset, capsys):
     assert len(report["confusion_matrix"]) == 3
 
 
-def test_offline_training_without_weights_says_so_on_stderr(tmp_path, tiny_dataset, monkeypatch):
+def test_offline_training_without_weights_says_so_on_stderr(tmp_path, tiny_dataset, monkeypatch, capsys):
     from tuner.weights import IMAGENET_FILENAME, IMAGENET_URL
 
     empty = tmp_path / "empty-torch-home"
     monkeypatch.setenv("TORCH_HOME", str(empty))  # nothing cached; TUNER_OFFLINE=1 from conftest
     assert os.environ["TUNER_OFFLINE"] == "1"
     out = tmp_path / "run"
-    result = tuner("train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", "--image-size",
-                   str(TINY_SIZE), "--batch-size", "4", "--augment", "none")
-    assert result.returncode == 0, result.stderr
-    assert "Weights: random initialisation (see the warning below)" in result.stderr
-    warning = next(line for line in result.stderr.splitlines() if line.startswith("warning: No pretrained weights"))
+    assert cli_main(["train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", "--image-size",
+                     str(TINY_SIZE), "--batch-size", "4", "--augment", "none"]) == 0
+    stderr = capsys.readouterr().err
+    assert "Weights: random initialisation (see the warning below)" in stderr
+    warning = next(line for line in stderr.splitlines() if line.startswith("warning: No pretrained weights"))
     looked_in = str(empty / "hub" / "checkpoints")
     assert IMAGENET_FILENAME in warning and looked_in in warning  # which file, and where it was looked for
     assert "TUNER_OFFLINE=1" in warning  # why nothing was downloaded
     assert f"To fix: copy {IMAGENET_FILENAME} (from {IMAGENET_URL}) into {looked_in}" in warning
-    assert "Completed" in result.stderr
+    assert "Completed" in stderr
     metrics = json.loads((out / "metrics.json").read_text())  # the run's record says it too
     assert metrics["weights"]["kind"] == "random" and IMAGENET_FILENAME in metrics["weights"]["message"]
 
@@ -178,11 +182,10 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch):
         assert code == 141  # no traceback: BrokenPipeError did not escape main()
 
 
-def test_inspect_prints_stages_and_shapes():
-    result = tuner("inspect", "--trainable", "layer4", "--classes", "5", "--image-size", "64", "--no-download",
-                   "--json")
-    assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
+def test_inspect_prints_stages_and_shapes(capsys):
+    assert cli_main(["inspect", "--trainable", "layer4", "--classes", "5", "--image-size", "64", "--no-download",
+                     "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
     stages = {row["stage"]: row for row in info["stages"]}
     assert stages["layer4"]["trainable"] == stages["layer4"]["params"] == 14_964_736
     assert stages["layer3"]["trainable"] == 0

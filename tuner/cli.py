@@ -178,8 +178,9 @@ def _bar(done: int, total: int, width: int = 24) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
 
 
-def progress_bar(label: str, stream=sys.stderr) -> Callable[[int, int], None] | None:
+def progress_bar(label: str, stream=None) -> Callable[[int, int], None] | None:
     """A progress(done, total) callback that redraws one line on a terminal (None elsewhere)."""
+    stream = stream or sys.stderr
     if not stream.isatty():
         return None
 
@@ -192,10 +193,10 @@ def progress_bar(label: str, stream=sys.stderr) -> Callable[[int, int], None] | 
 class ConsoleRenderer:
     """Prints training events: a one-line progress bar on a terminal, one line per epoch always."""
 
-    def __init__(self, stream=sys.stderr, as_json: bool = False):
-        self.stream = stream
+    def __init__(self, stream=None, as_json: bool = False):
+        self.stream = stream or sys.stderr  # looked up now, not at import: callers may redirect it
         self.as_json = as_json
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.bar_shown = False
 
     def _line(self, text: str) -> None:
