@@ -28,6 +28,7 @@ FEATURE_CACHE_CHOICES = ("auto", "off")
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
 
 
+_UnionType = type(int | None)  # what `X | None` annotations are
 _KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}
 
 
@@ -56,9 +57,6 @@ def check_field_types(config: Any) -> None:
                                                    f"an {k.__name__} (e.g. {k.__name__}.from_preset('light'))")
                                  for k in kinds)
             raise TunerError(f"{f.name}={value!r} must be {wanted}.")
-
-
-_UnionType = type(int | None)  # what `X | None` annotations are
 
 
 @dataclass

@@ -103,14 +103,15 @@ class Predictor:
             if isinstance(item, Image.Image):
                 img = to_rgb(item)
             else:
-                # A folder or a typo is named as typed (only the CLI and API can give one); a file that is
-                # there but unreadable by its name, since the studio's uploads sit under temporary paths.
-                if Path(item).is_dir():
-                    raise TunerError(f"{item} is a folder: give the images in it, e.g. {Path(item) / '*.jpg'}.")
-                if not Path(item).exists():
-                    raise TunerError(f"{item} not found: check the path.")
                 try:
                     img = load_rgb(item)
+                # A folder or a typo is named as typed (only the CLI and API can give one); a file that is
+                # there but unreadable by its name, since the studio's uploads sit under temporary paths.
+                except IsADirectoryError:
+                    raise TunerError(f"{item} is a folder: give the images in it, e.g. {Path(item) / '*.jpg'}.") \
+                        from None
+                except FileNotFoundError:
+                    raise TunerError(f"{item} not found: check the path.") from None
                 except (OSError, SyntaxError, ValueError) as exc:
                     reason = str(exc).replace(str(item), Path(item).name)[:80]  # the file's name, not where it is
                     raise TunerError(f"Cannot read {Path(item).name} as an image ({reason}): use a "

@@ -205,6 +205,7 @@ class _Run:
         self.spec = spec
         self.overwrite = overwrite
         self.overwrite_pending = False  # an --overwrite whose old files are still to be deleted
+        self.asked = self.config  # what the caller gave: a resume names the values it ignores
         self.given = given
         self.out = Path(config.out)
         self.history: list[dict[str, float]] = []
@@ -375,7 +376,6 @@ class _Run:
         except TunerError as exc:
             raise TunerError(f"{exc} To start over in {self.out}, use --overwrite (overwrite=True); to keep its "
                              "files, train into another folder.") from None
-        self.asked = self.config  # what the caller gave, to name the ignored values
         self.config, self.ignored_on_resume = merge_resume_config(saved.get("config", {}), self.config, self.given)
         return saved
 

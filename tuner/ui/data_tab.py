@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..data import DatasetSpec, dataset_folder, discover_dataset
+from ..data import DatasetSpec, dataset_folder, prepare_dataset
 from ..errors import TunerError
 from ..plots import class_counts
 from ..preview import augmented_grid, sample_grid
@@ -45,7 +45,7 @@ def load_spec(studio: Studio, workspace, source: str, zip_file, folder: str, val
         data_source, label = str(path), path.name
     else:
         raise TunerError(f"Unknown data source {source!r}: choose {DEMO}, {ZIP} or {FOLDER}.")
-    spec = discover_dataset(dataset_folder(data_source, workspace.root), float(val_ratio), int(seed))
+    spec = prepare_dataset(data_source, workspace.root, float(val_ratio), int(seed))
     workspace.set_data(data_source, label, spec.classes, spec)
     return spec
 
