@@ -33,10 +33,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, script: list[str] | None = None, nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(*args: str, script: list[str] | None = None, nproc: int = 2,
+             monitor_s: float | None = None) -> subprocess.CompletedProcess:
     target = script or ["-m", "tuner"]
+    monitor = [f"--monitor-interval={monitor_s}"] if monitor_s else []
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", *target, *args]
+               f"--master_port={free_port()}", *monitor, *target, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
@@ -158,8 +160,11 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path, even_dataset):
 
 
 def test_sync_bn_on_cpus_is_refused_with_the_reason(tmp_path, even_dataset):
+    # Each rank refuses before the process group exists, so the two are not in step; torchrun ends the
+    # other workers once it sees one fail, which could cut off the slower rank's line on a loaded machine
+    # (seen once in CI). Looking every 3 s instead of 0.1 s gives both ranks time to say it.
     result = torchrun(*train_args(even_dataset, tmp_path / "run", "--epochs", "1", "--trainable", "layer4",
-                                  "--sync-bn"))
+                                  "--sync-bn"), monitor_s=3)
     assert result.returncode != 0  # each worker exits 2 with one line; torchrun itself then exits 1
     assert result.stderr.count("error: sync_bn needs CUDA GPUs") == 2
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
