@@ -29,7 +29,6 @@ RUN pip install -r requirements.txt ${EXTRA_REQUIREMENTS:+-r $EXTRA_REQUIREMENTS
 
 COPY --chown=tuner:tuner app.py ./
 COPY --chown=tuner:tuner tuner ./tuner
-COPY --chown=tuner:tuner assets ./assets
 
 USER tuner
 EXPOSE 7860

@@ -42,5 +42,15 @@ if [ ${#CHANGED[@]} -gt 0 ]; then
     (cd "$ROOT" && sha256sum < "$REQ" | cut -d' ' -f1) > "$VENV/.tuner-stamp-$(basename "$REQ")"
   done
 fi
+# tuner itself, editable: `tuner ...` and `import tuner` then use this checkout's code as it is edited.
+# Reinstalled when pyproject.toml changes (its entry points and package data), or when the install
+# points at another checkout (a copy of the folder, or a clone reusing TUNER_VENV).
+STAMP="$VENV/.tuner-stamp-project"
+WANT="$ROOT $(cd "$ROOT" && sha256sum < pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "Installing tuner from $ROOT into $VENV (editable)" >&2
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check --no-deps -e .)
+  echo "$WANT" > "$STAMP"
+fi
 export PATH="$VENV/bin:$PATH"
 export GRADIO_ANALYTICS_ENABLED=False

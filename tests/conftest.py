@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # Before anything imports tuner or torch: isolate caches and forbid downloads for the whole session.
 _SESSION_TMP = Path(os.environ.get("TUNER_TEST_TMP", "/tmp")) / f"tuner-tests-{os.getpid()}"
@@ -72,7 +71,7 @@ def _layout_probe_pinned():
     answer would change from run to run while tests compare runs to 1e-5, so the measurement is pinned
     to "the default layout is faster". tests/test_probe.py tests the probe itself (with the real
     timing too), and a test there trains with channels_last on."""
-    from tuner import probe
+    from tuner.runtime import probe
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(probe, "measure_channels_last", lambda image_size, *args, **kwargs: 0.5)
@@ -81,7 +80,7 @@ def _layout_probe_pinned():
 
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
-    from tuner.demo_data import demo_dataset_dir
+    from tuner.data.demo import demo_dataset_dir
     return demo_dataset_dir()
 
 
@@ -133,7 +132,7 @@ def imagenet_weights_file(monkeypatch) -> Path:
     """
     from torchvision.models import resnet50
 
-    from tuner.weights import IMAGENET_FILENAME, hub_checkpoint_dir
+    from tuner.model.weights import IMAGENET_FILENAME, hub_checkpoint_dir
 
     monkeypatch.setenv("TORCH_HOME", str(_SESSION_TMP / "torch-home-imagenet-stand-in"))
     path = hub_checkpoint_dir() / IMAGENET_FILENAME
@@ -149,7 +148,7 @@ def imagenet_weights_file(monkeypatch) -> Path:
 def trained_run(tmp_path_factory, demo_dir) -> Path:
     """One short head-only run on the demo data (shared by predict/evaluate/export/UI tests)."""
     from tuner.config import AugmentConfig, TrainConfig
-    from tuner.train import run_to_end
+    from tuner.train.run import run_to_end
 
     out = tmp_path_factory.mktemp("trained") / "run"
     config = TrainConfig(out=str(out), weights="random", image_size=TINY_SIZE, epochs=2, batch_size=16,

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -16,21 +15,20 @@ def app(monkeypatch):
     for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "GRADIO_SHARE", "SPACE_ID", "TUNER_MAX_UPLOAD_MB",
                  "TUNER_HEAVY_JOBS"):
         monkeypatch.delenv(name, raising=False)
-    sys.path.insert(0, str(ROOT))
-    import app as module
+    from tuner.ui import serve as module
 
     yield module
-    sys.path.remove(str(ROOT))
 
 
 def test_importing_app_builds_and_serves_nothing(tmp_path):
     # A fresh interpreter: no Blocks made, no server thread, no workspace folder created.
-    code = ("import sys, threading; sys.path.insert(0, %r); import app; import gradio as gr; "
+    code = ("import threading; import app; import gradio as gr; "
             "assert not [t for t in threading.enumerate() if t is not threading.main_thread()], threading.enumerate(); "
-            "assert gr.context.Context.root_block is None; print('ok')") % str(ROOT)
+            "assert gr.context.Context.root_block is None; print('ok')")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TUNER_STUDIO_DIR": str(tmp_path / "studio"),
            "GRADIO_ANALYTICS_ENABLED": "False", "TUNER_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
     assert not (tmp_path / "studio").exists()
 

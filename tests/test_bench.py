@@ -12,11 +12,11 @@ import shutil
 import pytest
 import torch
 
-from tuner import bench
-from tuner.bench import BenchSettings, run_bench
-from tuner.cli import main
-from tuner.evaluate import evaluate_checkpoint
-from tuner.train import Progress, StageStarted
+from tuner.bench import suite as bench
+from tuner.bench.suite import BenchSettings, run_bench
+from tuner.cli.commands import main
+from tuner.events import Progress, StageStarted
+from tuner.infer.evaluate import evaluate_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,23 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, TINY_SIZE
-from tuner.cli import FLAG_FOR_FIELD, build_parser, command_for, config_from_args, uncovered_config_fields
-from tuner.cli import main as cli_main
-from tuner.errors import rename_settings, setting_names
+
+from tuner.cli.commands import (
+    FLAG_FOR_FIELD,
+    build_parser,
+    command_for,
+    config_from_args,
+    uncovered_config_fields,
+)
+from tuner.cli.commands import main as cli_main
 from tuner.config import AugmentConfig, TrainConfig
+from tuner.errors import rename_settings, setting_names
 
 
 def tuner(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          timeout=timeout, env={**os.environ})
 
 
 def test_help_lists_every_command(capsys):
@@ -81,7 +87,7 @@ def test_train_then_predict_then_evaluate(tmp_path, tiny_dataset, capsys):
 
 
 def test_offline_training_without_weights_says_so_on_stderr(tmp_path, tiny_dataset, monkeypatch, capsys):
-    from tuner.weights import IMAGENET_FILENAME, IMAGENET_URL
+    from tuner.model.weights import IMAGENET_FILENAME, IMAGENET_URL
 
     empty = tmp_path / "empty-torch-home"
     monkeypatch.setenv("TORCH_HOME", str(empty))  # nothing cached; TUNER_OFFLINE=1 from conftest
@@ -141,8 +147,8 @@ def test_user_errors_are_one_line_that_names_the_flags_typed(tmp_path, capsys, a
 def test_the_last_line_reports_no_accuracy_before_any_epoch_was_validated():
     import io
 
-    from tuner.cli import ConsoleRenderer
-    from tuner.train import Finished
+    from tuner.cli.commands import ConsoleRenderer
+    from tuner.events import Finished
 
     stream = io.StringIO()
     ConsoleRenderer(stream)(Finished("stopped", 0, 0.0, 0, "runs/x", "runs/x/last.pt"))

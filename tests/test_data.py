@@ -11,15 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import decompression_bomb, make_image_folder
 from PIL import Image
 
-from conftest import decompression_bomb, make_image_folder
 from tuner.config import AugmentConfig
-from tuner.data import (EpochBatchSampler, ImageCache, ImageDataset, ImageTooLarge, ZipLimits, check_image,
-                        check_zip_member, class_weights, discover_dataset, eval_transform, load_rgb, prepare_dataset,
-                        safe_extract_zip, train_transform)
+from tuner.data.archives import ZipLimits, check_zip_member, safe_extract_zip
+from tuner.data.discover import discover_dataset, prepare_dataset
+from tuner.data.images import (
+    ImageCache,
+    ImageDataset,
+    ImageTooLarge,
+    check_image,
+    load_rgb,
+)
+from tuner.data.sampling import EpochBatchSampler, class_weights
+from tuner.data.transforms import eval_transform, train_transform
 from tuner.errors import TunerError
-
 
 # ---- layouts -------------------------------------------------------------------------------------
 
@@ -384,7 +391,7 @@ def test_sixteen_bit_mapping_does_not_depend_on_content(tmp_path):
 
 
 def test_images_over_the_pixel_limit_are_skipped_before_decoding(tmp_path, monkeypatch):
-    import tuner.data as data
+    import tuner.data.images as data
 
     root = make_image_folder(tmp_path / "d", {"a": 3, "b": 3})
     Image.new("RGB", (60, 60)).save(root / "a" / "huge.png")

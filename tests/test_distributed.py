@@ -16,12 +16,12 @@ import sys
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, TINY_SIZE, make_image_folder
-from tuner.checkpoint import load_checkpoint
-from tuner.cli import build_parser, command_for, config_from_args
+
+from tuner.cli.commands import build_parser, command_for, config_from_args
 from tuner.config import AugmentConfig, TrainConfig
-from tuner.train import run_to_end
+from tuner.model.checkpoint import load_checkpoint
+from tuner.train.run import run_to_end
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 TIMEOUT = 240
@@ -39,7 +39,7 @@ def torchrun(*args: str, script: list[str] | None = None, nproc: int = 2,
     monitor = [f"--monitor-interval={monitor_s}"] if monitor_s else []
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", *monitor, *target, *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
 
@@ -99,12 +99,12 @@ def test_a_two_rank_run_writes_one_set_of_files_and_resumes(tmp_path, even_datas
 
 SAVE_EACH_RANKS_MODEL = """
 import os, sys, torch
-import tuner.train
-original = tuner.train._Run._finish
+import tuner.train.run
+original = tuner.train.run._Run._finish
 def finish_and_save(self, status, epochs_done):
     torch.save(self.model.state_dict(), os.path.join(os.environ["RANK_STATES"], os.environ["RANK"] + ".pt"))
     return original(self, status, epochs_done)
-tuner.train._Run._finish = finish_and_save
+tuner.train.run._Run._finish = finish_and_save
 from tuner.cli import main
 sys.exit(main())
 """
@@ -138,13 +138,13 @@ def test_the_two_stage_recipe_under_two_ranks_trains_the_unfrozen_stage_in_step(
 
 FAIL_ON_RANK_1 = """
 import os, sys
-import tuner.train
-original = tuner.train._Run._train_step
+import tuner.train.run
+original = tuner.train.run._Run._train_step
 def failing(self, x, y):
     if os.environ["RANK"] == "1":
         raise RuntimeError("simulated failure on rank 1")
     return original(self, x, y)
-tuner.train._Run._train_step = failing
+tuner.train.run._Run._train_step = failing
 from tuner.cli import main
 sys.exit(main())
 """
@@ -186,7 +186,7 @@ def test_ending_the_process_group_meets_at_a_barrier_only_after_a_clean_finish(m
     # for the failed rank until the timeout, so then the group is only destroyed.
     import torch.distributed as dist
 
-    from tuner.runtime import Runtime, end_process_group
+    from tuner.runtime.setup import Runtime, end_process_group
 
     calls = []
     monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))

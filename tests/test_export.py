@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from tuner import cli
-from tuner.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.errors import TunerError
-from tuner.export import (FP32_TARGET, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_checkpoint, parse_formats,
-                          tensorrt_status, trtexec_command)
+from tuner.export.onnx import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME
+from tuner.export.pipeline import export_checkpoint, parse_formats
+from tuner.export.tensorrt_setup import tensorrt_status, trtexec_command
+from tuner.export.verify import FP32_TARGET
+from tuner.model.checkpoint import load_checkpoint, model_from_checkpoint
 
 CPU_FORMATS = "pth,safetensors,onnx,int8,tensorrt"  # tensorrt included: here it must explain itself
 TRT_READY, TRT_MISSING = tensorrt_status()
@@ -183,7 +185,8 @@ def test_without_tensorrt_int8_is_never_handed_an_uncalibrated_trtexec_command(t
 
 
 def test_an_int8_engine_is_labelled_int8_and_judged_like_int8_onnx():
-    from tuner.export import FP16_REL_TARGET, compare, tensorrt_precision
+    from tuner.export.tensorrt_setup import tensorrt_precision
+    from tuner.export.verify import FP16_REL_TARGET, compare
 
     reference = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
     flipped = reference.clone()
@@ -203,7 +206,7 @@ def test_an_int8_engine_is_labelled_int8_and_judged_like_int8_onnx():
 
 @pytest.mark.parametrize("count, batches", [(3, 1), (8, 1), (19, 3)])
 def test_int8_calibration_always_hands_tensorrt_full_batches_of_every_image(count, batches):
-    from tuner.tensorrt_engine import calibration_batches
+    from tuner.export.tensorrt import calibration_batches
 
     images = torch.arange(count, dtype=torch.float32).view(count, 1, 1, 1).expand(count, 3, 2, 2)
     got = calibration_batches(images, 8)
@@ -234,7 +237,7 @@ def test_tensorrt_int8_without_the_tensorrt_format_is_refused_not_ignored(traine
 
 
 def test_verification_images_are_spread_over_every_class():
-    from tuner.export import spread_evenly
+    from tuner.export.pipeline import spread_evenly
 
     samples = [(c, i) for c in "abcd" for i in range(25)]  # class-ordered, as datasets are
     picked = spread_evenly(samples, 64)
@@ -244,7 +247,7 @@ def test_verification_images_are_spread_over_every_class():
 
 
 def test_speedups_compare_each_row_with_pytorch_eager_on_the_same_device():
-    from tuner.export import _add_speedups
+    from tuner.export.pipeline import _add_speedups
 
     def row(name, ms, per_s):
         return {"format": name, "batch1_ms": ms, "batch": 16, "throughput_img_s": per_s}
@@ -261,7 +264,7 @@ def test_speedups_compare_each_row_with_pytorch_eager_on_the_same_device():
 
 
 def test_model_json_of_an_older_checkpoint_without_best_metrics_keeps_the_history_summary():
-    from tuner.export import _model_json
+    from tuner.export.pipeline import _model_json
 
     state = {"classes": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.2] * 3,
              "history": [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.75}]}
@@ -272,7 +275,7 @@ def test_tensorrt_11_is_named_as_the_missing_piece(monkeypatch):
     import importlib.metadata
     import importlib.util
 
-    from tuner import export
+    from tuner.export import tensorrt_setup as export
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt"
@@ -327,7 +330,7 @@ def odd_images(folder: Path) -> list[Path]:
     for name, img in images.items():
         img.save(folder / name)
         paths.append(folder / name)
-    return paths + [Path(__file__).resolve().parents[1] / "assets/examples/stripes.png"]
+    return paths + [Path(__file__).resolve().parents[1] / "tuner/assets/examples/stripes.png"]
 
 
 def test_standalone_onnx_predictor_agrees_with_tuner_predict_without_torch_or_tuner(exported, trained_run, tmp_path,
@@ -365,9 +368,9 @@ def test_standalone_onnx_predictor_agrees_with_tuner_predict_without_torch_or_tu
 def test_the_deploy_scripts_rgb_conversion_is_tuners_for_every_image_mode():
     import importlib.util
 
-    from tuner.data import to_rgb
+    from tuner.data.images import to_rgb
 
-    spec = importlib.util.spec_from_file_location("predict_onnx", ROOT / "tuner/deploy/predict_onnx.py")
+    spec = importlib.util.spec_from_file_location("predict_onnx", ROOT / "tuner/export/deploy/predict_onnx.py")
     deploy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(deploy)
     rng = np.random.default_rng(5)
@@ -427,7 +430,7 @@ def test_verification_data_with_other_classes_is_refused_with_the_fix(trained_ru
 
 
 def test_verification_fails_fp32_drift_and_a_disagreeing_engine_but_only_informs_for_int8():
-    from tuner.export import FP16_REL_TARGET, compare
+    from tuner.export.verify import FP16_REL_TARGET, compare
 
     reference = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
     drift = reference + 1e-3  # same labels, logits off by more than the FP32 target

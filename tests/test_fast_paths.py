@@ -10,19 +10,27 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import TINY_SIZE
-from tuner import features
-from tuner.checkpoint import load_checkpoint
+
 from tuner.config import AugmentConfig, TrainConfig
-from tuner.data import ImageCache, ImageDataset, discover_dataset, eval_transform, resize_size, train_transform
+from tuner.data.discover import discover_dataset
+from tuner.data.images import ImageCache, ImageDataset
+from tuner.data.transforms import eval_transform, resize_size, train_transform
 from tuner.errors import TunerError
-from tuner.features import CachePlan, build_store, cache_key
-from tuner.model import calibrate_batchnorm, new_resnet50
-from tuner.onnx_runtime import OnnxModel, onnx_cache_dir, onnxruntime_installed, resolve_backend
-from tuner.predict import Predictor
-from tuner.runtime import setup_runtime
-from tuner.train import EpochEnd, StageStarted, train
+from tuner.events import EpochEnd, StageStarted
+from tuner.export.ort import (
+    OnnxModel,
+    onnx_cache_dir,
+    onnxruntime_installed,
+    resolve_backend,
+)
+from tuner.infer.predict import Predictor
+from tuner.model.checkpoint import load_checkpoint
+from tuner.model.resnet import calibrate_batchnorm, new_resnet50
+from tuner.runtime.setup import setup_runtime
+from tuner.train import features
+from tuner.train.features import CachePlan, build_store, cache_key
+from tuner.train.run import train
 
 needs_ort = pytest.mark.skipif(not onnxruntime_installed(), reason="onnxruntime is not installed")
 # Same data, same order, same arithmetic up to float rounding: the cached path sums the backbone in a
@@ -287,7 +295,7 @@ def test_backend_choices_are_checked(trained_run, monkeypatch):
     with pytest.raises(TunerError, match="runs on the CPU"):
         resolve_backend("onnxruntime", "cuda")
     assert resolve_backend("auto", "cuda") == "torch"
-    monkeypatch.setattr("tuner.onnx_runtime.onnxruntime_installed", lambda: False)
+    monkeypatch.setattr("tuner.export.ort.onnxruntime_installed", lambda: False)
     assert Predictor.from_checkpoint(trained_run / "best.pt").backend == "torch"  # auto falls back quietly
     with pytest.raises(TunerError, match="pip install onnxruntime"):
         Predictor.from_checkpoint(trained_run / "best.pt", backend="onnxruntime")
@@ -298,7 +306,7 @@ def test_a_failed_export_falls_back_to_pytorch_and_says_why(trained_run, demo_di
     def broken_export(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr("tuner.export.export_onnx", broken_export)
+    monkeypatch.setattr("tuner.export.onnx.export_onnx", broken_export)
     model = new_resnet50(2)
     predictor = Predictor(model, ["a", "b"], TINY_SIZE, "test")
     probs = predictor.probabilities([demo_dir / "circles" / "circles_000.png"])
@@ -313,7 +321,7 @@ def test_a_failed_backbone_export_trains_on_pytorch_features_and_says_why(tmp_pa
     def broken_export(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr("tuner.export.export_onnx", broken_export)
+    monkeypatch.setattr("tuner.export.onnx.export_onnx", broken_export)
     monkeypatch.setattr(features, "extraction_backend", lambda runtime, until="layer4": "onnxruntime")
     monkeypatch.setenv("TUNER_HOME", str(tmp_path / "home"))  # no earlier test's export of these weights to reuse
     assert ("computed by PyTorch, not ONNX Runtime: ONNX export failed (unsupported operator)"

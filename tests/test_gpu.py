@@ -15,15 +15,16 @@ import math
 
 import pytest
 import torch
-
 from conftest import GPU_SKIP_REASON, make_image_folder
 from test_train import StopAfter
-from tuner.checkpoint import load_checkpoint
+
 from tuner.config import AugmentConfig, TrainConfig
-from tuner.data import discover_dataset
-from tuner.predict import Predictor
-from tuner.runtime import compile_blocker
-from tuner.train import EpochEnd, RunStarted, StageStarted, train
+from tuner.data.discover import discover_dataset
+from tuner.events import EpochEnd, RunStarted, StageStarted
+from tuner.infer.predict import Predictor
+from tuner.model.checkpoint import load_checkpoint
+from tuner.runtime.setup import compile_blocker
+from tuner.train.run import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_SKIP_REASON)]
 
@@ -140,7 +141,7 @@ def test_torch_compile_trains_on_the_gpu(tmp_path, colours):
 
 
 def test_the_benchmarks_gpu_item_times_both_recipes_and_reports_the_share_of_peak(tmp_path):
-    from tuner import bench
+    from tuner.bench import suite as bench
 
     settings = bench.BenchSettings.quick_settings(items=("gpu",), gpu_peak_tflops=100.0)
     entry = bench.run_bench(settings, workdir=tmp_path)["items"][0]

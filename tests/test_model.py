@@ -7,9 +7,23 @@ import torch
 
 from tuner.config import TRAINABLE_CHOICES, AugmentConfig, TrainConfig
 from tuner.errors import TunerError
-from tuner.inspect import layer_tree, layer_tree_text, parameter_table, stage_output_shapes, stage_summary
-from tuner.model import (calibrate_batchnorm, freeze, make_optimizer, new_resnet50, parameter_groups,
-                         set_train_mode, stage_of, trainable_stages)
+from tuner.model.resnet import (
+    calibrate_batchnorm,
+    freeze,
+    make_optimizer,
+    new_resnet50,
+    parameter_groups,
+    set_train_mode,
+    stage_of,
+    trainable_stages,
+)
+from tuner.model.summary import (
+    layer_tree,
+    layer_tree_text,
+    parameter_table,
+    stage_output_shapes,
+    stage_summary,
+)
 
 NUM_CLASSES = 10
 # Parameter counts of torchvision's ResNet50 per stage (pinned, as torchvision's own tests do).

@@ -1,6 +1,6 @@
 """The studio's figures: axes that make sense from the first epoch on."""
 
-from tuner.plots import training_curves
+from tuner.ui.plots import training_curves
 
 
 def _row(epoch: int, lr: float) -> dict:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import decompression_bomb
 from PIL import Image
 
-from conftest import decompression_bomb
 from tuner.errors import TunerError
-from tuner.evaluate import evaluate_checkpoint
-from tuner.predict import Predictor
+from tuner.infer.evaluate import evaluate_checkpoint
+from tuner.infer.predict import Predictor
 
 
 def test_checkpoint_predictions_are_ranked_probabilities(trained_run, demo_dir):
@@ -70,7 +70,7 @@ def test_evaluate_checkpoint_reports_metrics_and_mistakes(trained_run):
 def test_the_mistakes_limit_counts_from_the_most_confident_and_zero_lists_none():
     import numpy as np
 
-    from tuner.evaluate import EvalResult
+    from tuner.infer.evaluate import EvalResult
 
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]])
     result = EvalResult(["a", "b"], 0.5, 0.25, labels=np.array([1, 0, 1, 1]), preds=probs.argmax(1), probs=probs,

@@ -8,14 +8,17 @@ import math
 
 import pytest
 import torch
-
 from conftest import TINY_SIZE
-from tuner import probe
-from tuner.checkpoint import load_checkpoint
+
 from tuner.config import AugmentConfig, TrainConfig
-from tuner.probe import measure_channels_last as real_measure_channels_last  # before conftest pins it
-from tuner.runtime import pick_channels_last, setup_runtime
-from tuner.train import EpochEnd, RunStarted, train
+from tuner.events import EpochEnd, RunStarted
+from tuner.model.checkpoint import load_checkpoint
+from tuner.runtime import probe
+from tuner.runtime.probe import (
+    measure_channels_last as real_measure_channels_last,  # before conftest pins it
+)
+from tuner.runtime.setup import pick_channels_last, setup_runtime
+from tuner.train.run import train
 
 
 @pytest.fixture

@@ -10,13 +10,14 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-
 from test_train import tiny_config
-from tuner import runtime
+
 from tuner.config import TrainConfig
 from tuner.errors import TunerError
-from tuner.runtime import compile_blocker, cuda_unusable_reason, setup_runtime
-from tuner.train import Message, optimizer_step, run_to_end, train
+from tuner.events import Message
+from tuner.runtime import setup as runtime
+from tuner.runtime.setup import compile_blocker, cuda_unusable_reason, setup_runtime
+from tuner.train.run import optimizer_step, run_to_end, train
 
 
 def never(*args, **kwargs):

@@ -13,9 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
-
 from conftest import ROOT, make_image_folder
+from gradio_client import Client, handle_file
 
 DEMO = "Built-in demo (4 shape classes)"
 ZIP = "Upload a .zip"
@@ -31,7 +30,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    from tuner.ui import build_app, launch_kwargs
+    from tuner.ui.app import build_app, launch_kwargs
     from tuner.ui.common import StudioSettings
 
     settings = StudioSettings(workdir=str(tmp_path_factory.mktemp("workspaces")), heavy_jobs=2, max_upload_mb=20)
@@ -60,7 +59,7 @@ def error_text(exc: BaseException) -> str:
 
 def test_served_file_copies_are_pruned_as_sessions_expire(tmp_path):
     """Gradio copies each file it serves into its cache; those copies must not outlive the session."""
-    from tuner.ui import build_app
+    from tuner.ui.app import build_app
     from tuner.ui.common import StudioSettings
 
     demo = build_app(StudioSettings(workdir=str(tmp_path), session_ttl_min=30))
@@ -82,7 +81,7 @@ UI_ONLY_HANDLERS = {
 
 
 def test_every_working_event_has_an_api_name(studio, tmp_path):
-    from tuner.ui import build_app
+    from tuner.ui.app import build_app
     from tuner.ui.common import StudioSettings
 
     names = set(client(studio).view_api(return_format="dict", print_info=False)["named_endpoints"])
@@ -107,7 +106,7 @@ def test_demo_data_train_one_epoch_evaluate_and_predict(studio):
     accuracy, confusion, per_class, mistakes = c.predict(api_name="/evaluate")
     assert "Validation accuracy" in accuracy
     assert [row for row in per_class["data"] if row[0] == "circles"]
-    label, chart, gallery, table = c.predict([handle_file(str(ROOT / "assets/examples/circles.png"))], FINE_TUNED, 3,
+    label, chart, gallery, table = c.predict([handle_file(str(ROOT / "tuner/assets/examples/circles.png"))], FINE_TUNED, 3,
                                     api_name="/predict")
     assert label["label"] in {"circles", "squares", "stripes", "triangles"}
     assert len(label["confidences"]) == 3
@@ -138,7 +137,7 @@ def test_stop_mid_run_leaves_a_checkpoint_and_resume_continues(studio, imagenet_
         load(c)
     assert "A job is running in this session" in error_text(err.value)
     # Prediction has its own concurrency limit: another session gets answers while this one trains.
-    label = client(studio).predict([handle_file(str(ROOT / "assets/examples/circles.png"))],
+    label = client(studio).predict([handle_file(str(ROOT / "tuner/assets/examples/circles.png"))],
                                    "Base ImageNet model (1000 classes)", 3, api_name="/predict")[0]
     assert len(label["confidences"]) == 3 and not job.done()
     c.predict(api_name="/stop")
@@ -183,7 +182,7 @@ def test_two_sessions_see_only_their_own_data_and_models(studio, tmp_path):
     for t in threads:
         t.join(timeout=300)
     assert "Finished" in results["alice"][0] and "Finished" in results["bob"][0]
-    image = handle_file(str(ROOT / "assets/examples/circles.png"))
+    image = handle_file(str(ROOT / "tuner/assets/examples/circles.png"))
     label_a = alice.predict([image], FINE_TUNED, 4, api_name="/predict")[0]
     label_b = bob.predict([image], FINE_TUNED, 4, api_name="/predict")[0]
     assert {c["label"] for c in label_a["confidences"]} == {"cat", "dog"}
@@ -226,7 +225,7 @@ def test_errors_reach_the_user_as_one_message_with_the_fix_and_no_server_paths(s
 
 
 def test_the_export_table_never_calls_an_unchecked_int8_row_a_match():
-    from tuner.ui.export_tab import UNJUDGED, verification_table
+    from tuner.ui.tabs.export import UNJUDGED, verification_table
 
     rows = [{"format": "onnx", "file": "model.onnx", "max_abs_diff": 1e-5, "top1_agreement": 1.0, "images": 8,
              "passed": True, "judged": True, "note": ""},
@@ -331,7 +330,7 @@ def test_predict_several_images_with_the_base_imagenet_model(studio, tmp_path, m
     with monkeypatch.context() as offline:  # nothing cached: the base model says what it needs
         offline.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
         with pytest.raises(Exception) as err:
-            c.predict([handle_file(str(ROOT / "assets/examples/circles.png"))], "Base ImageNet model (1000 classes)",
+            c.predict([handle_file(str(ROOT / "tuner/assets/examples/circles.png"))], "Base ImageNet model (1000 classes)",
                       3, api_name="/predict")
         assert "needs its pretrained weights" in error_text(err.value) and "resnet50-0676ba61.pth" in error_text(
             err.value)
@@ -407,7 +406,7 @@ def test_uploaded_files_are_never_served_back_by_path(studio, tmp_path):
 
 
 def test_a_shared_server_offers_no_server_folders(tmp_path):
-    from tuner.ui import build_app, launch_kwargs
+    from tuner.ui.app import build_app, launch_kwargs
     from tuner.ui.common import StudioSettings
 
     demo = build_app(StudioSettings(workdir=str(tmp_path / "sessions"), shared=True))

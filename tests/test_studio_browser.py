@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, TINY_SIZE
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,7 +48,7 @@ def studio_url(studio):
 
 @pytest.fixture
 def studio(tmp_path, monkeypatch):
-    from tuner.ui import build_app, launch_kwargs
+    from tuner.ui.app import build_app, launch_kwargs
     from tuner.ui.common import StudioSettings
 
     # An empty hub cache of its own: this test shows what a newcomer sees offline with nothing cached,

@@ -13,14 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY_SIZE, make_image_folder
-from tuner.checkpoint import load_checkpoint, model_from_checkpoint
+
 from tuner.config import AugmentConfig, TrainConfig
 from tuner.errors import TunerError
-from tuner.model import new_resnet50
-from tuner.train import (CheckpointSaved, EpochEnd, Finished, Progress, StageStarted, read_history, run_to_end,
-                         train)
+from tuner.events import CheckpointSaved, EpochEnd, Finished, Progress, StageStarted
+from tuner.model.checkpoint import load_checkpoint, model_from_checkpoint
+from tuner.model.resnet import new_resnet50
+from tuner.train.run import read_history, run_to_end, train
 
 
 def tiny_config(out, data, **overrides) -> TrainConfig:
@@ -59,7 +59,8 @@ def test_a_run_writes_checkpoints_history_and_metrics(tmp_path, tiny_dataset):
 
 @pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-links-copy"])
 def test_best_pt_shares_last_pt_bytes_and_keeps_them_when_last_moves_on(tmp_path, monkeypatch, links):
-    from tuner.checkpoint import same_file_as, save_checkpoint
+    from tuner.model.checkpoint import save_checkpoint
+    from tuner.paths import same_file_as
 
     if not links:  # a filesystem without hard links: a copy, same result
         monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError("no links here")))
@@ -95,7 +96,7 @@ def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, tiny_dataset):
 
 
 def test_a_checkpoint_that_only_predicts_or_is_damaged_cannot_be_resumed_and_says_why(tmp_path, tiny_dataset):
-    from tuner.checkpoint import save_checkpoint
+    from tuner.model.checkpoint import save_checkpoint
 
     out = tmp_path / "run"
     save_checkpoint({"model_state": {}, "classes": ["blue", "green", "red"], "image_size": TINY_SIZE,
@@ -109,14 +110,14 @@ def test_a_checkpoint_that_only_predicts_or_is_damaged_cannot_be_resumed_and_say
                                          r"To start over in .*, use --overwrite"):
         run_to_end(tiny_config(out, tiny_dataset), resume=True)
     # A long internal reason is cut at a word, on its first line.
-    from tuner.weights import short_reason
+    from tuner.model.weights import short_reason
     long = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory. " * 3
                         + "\nsecond line")
     assert short_reason(long).endswith(" ...") and len(short_reason(long)) <= 124 and "second" not in short_reason(long)
 
 
 def test_a_diverging_run_stops_with_the_fix_and_keeps_its_last_good_checkpoint(tmp_path, tiny_dataset):
-    from tuner.checkpoint import save_checkpoint
+    from tuner.model.checkpoint import save_checkpoint
 
     config = tiny_config(tmp_path / "run", tiny_dataset, lr=1e30, epochs=4)
     events = []
@@ -155,7 +156,7 @@ def test_an_output_folder_that_cannot_be_one_is_a_clear_error(tmp_path, tiny_dat
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
                                      RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2 vs 1")])
 def test_a_full_disk_while_saving_is_a_message_and_leaves_the_old_file(tmp_path, failure):
-    from tuner.checkpoint import WriteFailed, atomic_write
+    from tuner.paths import WriteFailed, atomic_write
 
     target = tmp_path / "last.pt"
     target.write_text("the previous checkpoint")

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import resnet50
 
-from tuner import weights as W
 from tuner.errors import TunerError
-from tuner.model import build_model
+from tuner.model import weights as W
+from tuner.model.resnet import build_model
 
 
 def test_hub_cache_is_used_when_the_file_is_there(imagenet_weights_file):
@@ -167,7 +167,8 @@ def test_nothing_touches_the_network_at_import(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     import tuner
-    for name in ("weights", "model", "data", "train", "predict", "cli", "inspect", "evaluate", "plots",
-                 "features", "export", "demo_data"):
+    for name in ("model.weights", "model.resnet", "data.images", "data.discover", "data.archives", "data.transforms",
+                 "data.sampling", "train.run", "infer.predict", "cli.commands", "model.summary", "infer.evaluate",
+                 "ui.plots", "train.features", "export.pipeline", "data.demo"):
         importlib.reload(importlib.import_module(f"tuner.{name}"))
     assert tuner.__version__

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tuner.errors import TunerError
-from tuner.workspace import WorkspaceRegistry
+from tuner.ui.workspace import WorkspaceRegistry
 
 
 def wait_until(condition, timeout=10.0):

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..errors import TunerError, setting_names
-from ..weights import hub_checkpoint_dir
-from ..workspace import Workspace, WorkspaceRegistry
+from ..model.weights import hub_checkpoint_dir
+from .workspace import Workspace, WorkspaceRegistry
 
 log = logging.getLogger("tuner.studio")
 
