@@ -18,6 +18,7 @@ from typing import Sequence
 
 from ..errors import TunerError
 from .archives import ZipLimits, safe_extract_zip
+from .demo import demo_dataset_dir
 from .images import IMAGE_EXTENSIONS, Sample, check_image
 
 JUNK_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini", "@eaDir"}
@@ -304,8 +305,6 @@ def dataset_warnings(spec: DatasetSpec) -> list[str]:
 def dataset_folder(source: str | os.PathLike, workdir: str | os.PathLike, limits: ZipLimits | None = None) -> Path:
     """The folder that holds the images of 'demo' (generated once), a folder, or a .zip (unpacked once
     under `workdir`, into a folder named by the archive's path, size and time)."""
-    from .demo import demo_dataset_dir
-
     source = str(source)
     if source == "demo":
         return demo_dataset_dir()

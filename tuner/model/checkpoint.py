@@ -16,6 +16,7 @@ import torch
 
 from ..errors import TunerError
 from ..paths import atomic_write
+from .resnet import new_resnet50
 from .weights import refused_file_error, short_reason
 
 CHECKPOINT_FORMAT = "tuner.checkpoint"
@@ -71,8 +72,6 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = PREDICT
 
 def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
     """The fine-tuned ResNet50 of a checkpoint, in eval mode on the CPU."""
-    from .resnet import new_resnet50
-
     model = new_resnet50(len(state["classes"]))
     try:
         model.load_state_dict(state["model_state"], strict=True)

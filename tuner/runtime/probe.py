@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.sampling import seeded
+from ..model.resnet import new_resnet50
 from ..paths import atomic_write, tuner_home
 
 PROBE_FILE = "probes.json"
@@ -36,9 +38,6 @@ class TrainingStep:
 
     def __init__(self, image_size: int, batch: int, channels_last: bool = False, amp_dtype: torch.dtype | None = None,
                  inference: bool = False, seed: int = 0):
-        from ..data.sampling import seeded
-        from ..model.resnet import new_resnet50
-
         # seeded() restores the global generator afterwards and holds the lock that keeps another studio
         # session's seeded block from running meanwhile: a probe shifts nobody's random numbers.
         with seeded(seed):
