@@ -101,6 +101,10 @@ def same_file_as(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     return target
 
 
+# Files that ship inside the package (pyproject.toml's package data): the studio's CSS, example images.
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
 def tuner_home() -> Path:
     """Where tuner keeps generated data and caches: $TUNER_HOME, else ~/.cache/tuner."""
     return Path(os.environ.get("TUNER_HOME") or Path.home() / ".cache" / "tuner")

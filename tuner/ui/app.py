@@ -6,10 +6,9 @@ Model -> Data -> Train -> Evaluate -> Predict -> Export.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
+from ..paths import ASSETS
 from .common import LIGHT, Studio, StudioSettings
 from .tabs import data as data_tab
 from .tabs import evaluate as evaluate_tab
@@ -18,7 +17,7 @@ from .tabs import model as model_tab
 from .tabs import predict as predict_tab
 from .tabs import train as train_tab
 
-CSS_FILE = Path(__file__).resolve().parents[1] / "assets" / "studio.css"
+CSS_FILE = ASSETS / "studio.css"
 INTRO = ("# tuner: fine-tune ResNet50 on your images\n"
          "**1 Model**: weights, layers and freeze depth · **2 Data**: demo set or your .zip · **3 Train**: live "
          "curves, stop and resume · **4 Evaluate**: mistakes · **5 Predict** · **6 Export**: .pth, ONNX, TensorRT")

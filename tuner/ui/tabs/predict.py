@@ -10,17 +10,18 @@ import pandas as pd
 
 from ...errors import TunerError
 from ...infer.predict import Predictor
+from ...paths import ASSETS
 from ..common import Studio, user_facing
 from ..plots import top_k_bars
 
 FINE_TUNED = "Fine-tuned model (this session's best checkpoint)"
 IMAGENET = "Base ImageNet model (1000 classes)"
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "examples"
+EXAMPLES = ASSETS / "examples"
 MAX_IMAGES = 64
 
 
 def example_images() -> list[str]:
-    return sorted(str(p) for p in ASSETS.glob("*.png")) if ASSETS.is_dir() else []
+    return sorted(str(p) for p in EXAMPLES.glob("*.png")) if EXAMPLES.is_dir() else []
 
 
 def build(studio: Studio) -> dict:
