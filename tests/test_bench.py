@@ -12,8 +12,18 @@ import shutil
 import pytest
 import torch
 
-from tuner.bench import suite as bench
-from tuner.bench.suite import BenchSettings, run_bench
+from tuner.bench.gpu import (
+    NO_GPU,
+    backend_flags,
+    gpu_peak_tflops,
+    gpu_training_rate,
+    training_share_of_peak,
+)
+from tuner.bench.machine import machine_info
+from tuner.bench.report import format_table, write_report
+from tuner.bench.settings import TARGETS, BenchSettings
+from tuner.bench.suite import run_bench
+from tuner.bench.timing import time_breakdown, train_phase_seconds
 from tuner.cli.commands import main
 from tuner.events import Progress, StageStarted
 from tuner.infer.evaluate import evaluate_checkpoint
@@ -46,12 +56,12 @@ def test_quick_bench_reports_every_item_with_consistent_numbers(quick_report, tm
         # One repeat: the ratio is the two values' ratio, oriented so that above 1 means tuner is faster.
         faster = entry["tuner"] / entry["plain"] if entry["unit"] == "img/s" else entry["plain"] / entry["tuner"]
         assert entry["ratio"] == pytest.approx(faster, rel=1e-9)
-        target = bench.TARGETS[entry["id"]]
+        target = TARGETS[entry["id"]]
         ok = entry["ratio"] >= target and entry["details"].get("accuracy_ok", True)
         assert entry["met"] is ok
     gpu = item(report, "gpu")
     if not torch.cuda.is_available():
-        assert gpu["skipped"] == bench.NO_GPU and gpu["met"] is None
+        assert gpu["skipped"] == NO_GPU and gpu["met"] is None
     assert item(report, "predict")["details"]["backend"] in ("onnxruntime", "torch")
     # Each tuner fine-tune run says which device, precision and memory layout it chose (and why).
     runtimes = item(report, "finetune")["details"]["tuner_runtime"]
@@ -60,11 +70,11 @@ def test_quick_bench_reports_every_item_with_consistent_numbers(quick_report, tm
     rows = report["cpu_settings"]["rows"]
     assert len(rows) == 4 and all(r["speedup"]["median"] > 0 for r in rows.values())
 
-    path = bench.write_report(report, tmp_path / "bench.json")
+    path = write_report(report, tmp_path / "bench.json")
     assert json.loads(path.read_text())["items"][0]["id"] == "head"
-    table = bench.format_table(report)
+    table = format_table(report)
     assert table.count("\n| 1 |") == 1 and "| 3 |" in table
-    assert (bench.NO_GPU in table) != torch.cuda.is_available()
+    assert (NO_GPU in table) != torch.cuda.is_available()
 
 
 @pytest.mark.slow
@@ -104,24 +114,24 @@ def test_training_phase_is_timed_from_the_events_around_it():
     timed = [(0.0, stage), (1.0, Progress("train", 1, 1, 2)), (3.0, Progress("train", 1, 2, 2)),
              (4.0, Progress("val", 1, 1, 1)), (10.0, stage),  # e.g. a checkpoint written between epochs
              (11.0, Progress("train", 2, 1, 2)), (12.5, Progress("train", 2, 2, 2))]
-    assert bench.train_phase_seconds(timed) == {1: 3.0, 2: 2.5}
-    assert bench.time_breakdown(timed, start=-1.0) == {"setup and other": 7.0, "train": 5.5, "val": 1.0}
+    assert train_phase_seconds(timed) == {1: 3.0, 2: 2.5}
+    assert time_breakdown(timed, start=-1.0) == {"setup and other": 7.0, "train": 5.5, "val": 1.0}
 
 
 def test_gpu_item_settings_run_anywhere_and_leave_backend_flags_alone():
-    flags = bench._backend_flags()
+    flags = backend_flags()
     settings = BenchSettings.quick_settings(image_size=32, gpu_batch_size=2, gpu_steps=1, gpu_warmup=1)
     for tuner_settings in (True, False):
-        assert bench.gpu_training_rate(torch.device("cpu"), settings, tuner_settings) > 0
-    assert bench._backend_flags() == flags
+        assert gpu_training_rate(torch.device("cpu"), settings, tuner_settings) > 0
+    assert backend_flags() == flags
 
 
 def test_share_of_peak_and_the_peak_table():
-    assert bench.gpu_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert bench.gpu_peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert bench.gpu_peak_tflops("Some Future GPU") == 0.0
+    assert gpu_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu_peak_tflops("Some Future GPU") == 0.0
     # 224 px: 3 x 4.1 GMACs x 2 FLOPs per image; 1000 images/s on 989 TFLOP/s is 2.49% of peak.
-    assert bench.training_share_of_peak(1000, 224, 989.0) == pytest.approx(24.6e12 / 989e12)
+    assert training_share_of_peak(1000, 224, 989.0) == pytest.approx(24.6e12 / 989e12)
 
 
 def test_bad_settings_are_refused_with_the_fix(capsys):
@@ -137,8 +147,8 @@ def test_the_table_says_how_torch_compile_did_on_the_gpu_or_why_it_was_left_out(
     gpu = {"id": "gpu", "skipped": None, "name": "GPU training images/s", "ratio": 2.6, "met": True,
            "ratio_spread": {"min": 2.5, "max": 2.7}, "tuner_text": "1000 img/s", "plain_text": "385 img/s",
            "target": ">= 2.5x", "details": {"compiled_img_s": [1100.0, 1200.0], "compile_skipped": None}}
-    report = {"items": [gpu], "cpu_settings": None, "machine": bench.machine_info(), "weights": "random",
+    report = {"items": [gpu], "cpu_settings": None, "machine": machine_info(), "weights": "random",
               "settings": {"repeats": 2}, "date": "2026-11-23 12:00", "load_average": {}}
-    assert "Item 4 with torch.compile: 1150.0 img/s" in bench.format_table(report)
+    assert "Item 4 with torch.compile: 1150.0 img/s" in format_table(report)
     gpu["details"] = {"compiled_img_s": None, "compile_skipped": "compile=True (--compile) needs a C compiler"}
-    assert "Item 4 without torch.compile: compile=True (--compile) needs a C compiler" in bench.format_table(report)
+    assert "Item 4 without torch.compile: compile=True (--compile) needs a C compiler" in format_table(report)

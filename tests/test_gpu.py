@@ -18,6 +18,9 @@ import torch
 from conftest import GPU_SKIP_REASON, make_image_folder
 from test_train import StopAfter
 
+from tuner.bench.gpu import training_share_of_peak
+from tuner.bench.settings import BenchSettings
+from tuner.bench.suite import run_bench
 from tuner.config import AugmentConfig, TrainConfig
 from tuner.data.discover import discover_dataset
 from tuner.events import EpochEnd, RunStarted, StageStarted
@@ -141,14 +144,12 @@ def test_torch_compile_trains_on_the_gpu(tmp_path, colours):
 
 
 def test_the_benchmarks_gpu_item_times_both_recipes_and_reports_the_share_of_peak(tmp_path):
-    from tuner.bench import suite as bench
-
-    settings = bench.BenchSettings.quick_settings(items=("gpu",), gpu_peak_tflops=100.0)
-    entry = bench.run_bench(settings, workdir=tmp_path)["items"][0]
+    settings = BenchSettings.quick_settings(items=("gpu",), gpu_peak_tflops=100.0)
+    entry = run_bench(settings, workdir=tmp_path)["items"][0]
     assert entry["id"] == "gpu" and not entry["skipped"]
     assert entry["tuner"] > 0 and entry["plain"] > 0
     assert entry["ratio"] == pytest.approx(entry["tuner"] / entry["plain"], rel=1e-9)
     details = entry["details"]
     assert details["share_of_peak"] == pytest.approx(
-        bench.training_share_of_peak(entry["tuner"], settings.image_size, 100.0), rel=1e-9)
+        training_share_of_peak(entry["tuner"], settings.image_size, 100.0), rel=1e-9)
     assert details["gpu"] == torch.cuda.get_device_name(0)

@@ -1,7 +1,7 @@
 """Top-k predictions for images, from a fine-tuned checkpoint or from the base ImageNet model.
 
-On a CPU the model runs through ONNX Runtime when it is installed (backend 'auto'): about 1.5x
-faster than eager PyTorch at 224 px and 2x at 128 px, batch 1, on the 2-core test machine. The ONNX
+On a CPU the model runs through ONNX Runtime when it is installed (backend 'auto'), which is faster
+than eager PyTorch at batch 1 (README.md's Speed section and bench/results/ have the figures). The ONNX
 file is exported from the checkpoint's own model on first use and cached by its weights (see
 `onnx_runtime`); if that fails, prediction runs eagerly and `backend_note` says why.
 """

@@ -1,10 +1,11 @@
 """Measured, not guessed: whether channels_last makes a ResNet50 training step faster on this CPU.
 
-On GPUs channels_last always pays (tensor cores want NHWC). On CPUs it depends on the chip and the
-day: the same 2-core AMD EPYC machine type measured a training step at 0.89x to 1.37x of PyTorch's
-default layout (bench/results). So with `channels_last='auto'`, a CPU run whose backbone runs every step times a few
-training steps both ways once, and remembers the answer per CPU model, thread count, torch version and
-image size in $TUNER_HOME/probes.json; later runs on the same machine reuse it.
+On GPUs channels_last always pays (tensor cores want NHWC). On CPUs it depends on the chip, and on
+one machine type even on the day, whether it is faster or slower than PyTorch's default layout (the
+figures are in README.md's Speed section). So with `channels_last='auto'`, a CPU run whose backbone
+runs every step times a few training steps both ways once, and remembers the answer per CPU model,
+thread count, torch version and image size in $TUNER_HOME/probes.json; later runs on the same
+machine reuse it.
 
 `TrainingStep` is also what `tuner bench` times for its CPU settings table.
 """
@@ -27,10 +28,10 @@ from ..paths import atomic_write, tuner_home
 
 PROBE_FILE = "probes.json"
 # Faster at all in the measurement: use it. Near 1 the pick is a coin toss that costs nothing either
-# way; what matters is catching CPUs where channels_last is clearly slower (0.83x was seen here).
+# way; what matters is catching CPUs where channels_last is clearly slower, which some are.
 MIN_SPEEDUP = 1.0
 PROBE_BATCH = 4
-PROBE_STEPS = 5  # timed steps per layout, alternating: about 12 s in all at 224 px on 2 cores
+PROBE_STEPS = 5  # timed steps per layout, alternating: enough for a median, few enough for a first run to bear
 
 
 class TrainingStep:
@@ -143,7 +144,7 @@ def remembered_speedup(image_size: int) -> float | None:
 
 def cpu_channels_last(image_size: int) -> LayoutChoice:
     """The layout for CPU training at `image_size`: remembered for this machine, else measured now
-    (about 12 s at 224 px on 2 cores)."""
+    (a few training steps in each layout, once per machine and size)."""
     speedup = remembered_speedup(image_size)
     if speedup is not None:
         return LayoutChoice(speedup >= MIN_SPEEDUP, speedup)

@@ -193,7 +193,7 @@ def pick_channels_last(config: TrainConfig, device: torch.device, world_size: in
         # DDP needs the same layout in every rank, and ranks probing at once would time each other's
         # load; a remembered answer could differ between machines. So: PyTorch's default layout.
         return False, "default layout (channels_last is not measured under torchrun: --channels-last on)"
-    # CPUs differ (0.89x to 1.37x measured on one machine type): measure once per machine and size.
+    # CPUs differ, and one machine type can measure either way: measure once per machine and size.
     choice = probe.cpu_channels_last(config.image_size)
     return choice.channels_last, choice.describe()
 
