@@ -10,8 +10,6 @@ import zipfile
 from importlib import metadata, resources
 from pathlib import Path
 
-import pytest
-
 import tuner
 
 
