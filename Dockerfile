@@ -27,8 +27,10 @@ WORKDIR /app
 COPY requirements*.txt ./
 RUN pip install -r requirements.txt ${EXTRA_REQUIREMENTS:+-r $EXTRA_REQUIREMENTS}
 
-COPY --chown=tuner:tuner app.py ./
+COPY --chown=tuner:tuner app.py pyproject.toml README.md ./
 COPY --chown=tuner:tuner tuner ./tuner
+# tuner itself (its requirements are installed above): the `tuner` and `tuner-studio` commands.
+RUN pip install --no-deps --no-build-isolation -e .
 
 USER tuner
 EXPOSE 7860
