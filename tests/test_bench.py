@@ -14,7 +14,7 @@ import torch
 
 from tuner.bench import suite as bench
 from tuner.bench.suite import BenchSettings, run_bench
-from tuner.cli.commands import main
+from tuner.cli import main
 from tuner.events import Progress, StageStarted
 from tuner.infer.evaluate import evaluate_checkpoint
 

@@ -11,14 +11,10 @@ import sys
 import pytest
 from conftest import ROOT, TINY_SIZE
 
-from tuner.cli.commands import (
-    FLAG_FOR_FIELD,
-    build_parser,
-    command_for,
-    config_from_args,
-    uncovered_config_fields,
-)
-from tuner.cli.commands import main as cli_main
+from tuner.cli.flags import FLAG_FOR_FIELD, command_for, config_from_args, uncovered_config_fields
+from tuner.cli.parser import build_parser
+from tuner.cli.parser import main as cli_main
+from tuner.cli.render import ConsoleRenderer
 from tuner.config import AugmentConfig, TrainConfig
 from tuner.errors import rename_settings, setting_names
 
@@ -147,7 +143,6 @@ def test_user_errors_are_one_line_that_names_the_flags_typed(tmp_path, capsys, a
 def test_the_last_line_reports_no_accuracy_before_any_epoch_was_validated():
     import io
 
-    from tuner.cli.commands import ConsoleRenderer
     from tuner.events import Finished
 
     stream = io.StringIO()

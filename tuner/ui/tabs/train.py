@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import gradio as gr
 import torch
 
-from ...cli.commands import command_for
+from ...cli.flags import command_for
 from ...config import (
     AMP_CHOICES,
     AUGMENT_PRESETS,
