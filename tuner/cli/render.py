@@ -6,8 +6,7 @@ import json
 import sys
 from typing import Callable
 
-from ..errors import rename_settings
-from ..events import PHASES
+from ..events import PHASES, Event, Progress, describe
 from .flags import FLAG_FOR_FIELD
 
 
@@ -43,13 +42,12 @@ class ConsoleRenderer:
             self.bar_shown = False
         print(text, file=self.stream, flush=True)
 
-    def __call__(self, event) -> None:
-        name = type(event).__name__
+    def __call__(self, event: Event) -> None:
         if self.as_json:
-            if name != "Progress":
+            if not isinstance(event, Progress):
                 print(json.dumps(event.to_dict(), default=str), flush=True)
             return
-        if name == "Progress":
+        if isinstance(event, Progress):
             if self.tty:
                 label = PHASES.get(event.phase, event.phase)
                 extra = f" loss {event.loss:.3f} acc {event.acc:.1%}" if event.loss is not None else ""
@@ -57,26 +55,8 @@ class ConsoleRenderer:
                 self.stream.write(f"\r\033[K{epoch}{label} {_bar(event.step, event.steps)}{extra}")
                 self.stream.flush()
                 self.bar_shown = True
-        elif name == "RunStarted":
-            where = f" (resuming at epoch {event.start_epoch + 1}, batch {event.start_batch})" if event.start_epoch or \
-                event.start_batch else ""
-            self._line(f"Training on {event.num_train} images ({event.num_val} for validation), "
-                       f"{len(event.classes)} classes: {', '.join(event.classes)}{where}")
-            weights = f"{event.weights['message']} ({event.weights_report})" if event.weights["pretrained"] else \
-                "random initialisation (see the warning below)"
-            self._line(f"Device: {event.device}. Weights: {weights}.")
-        elif name == "Message":  # the engine names settings by field; here the user typed flags
-            self._line(("warning: " if event.level == "warning" else "") + rename_settings(event.text, FLAG_FOR_FIELD))
-        elif name == "StageStarted":
-            self._line(f"Epoch {event.epoch}: training {event.trainable_params:,} of {event.total_params:,} parameters "
-                       + rename_settings(f"(trainable={event.trainable}); {event.fast_path}.", FLAG_FOR_FIELD))
-        elif name == "EpochEnd":
-            self._line(f"epoch {event.epoch}/{event.epochs}  train loss {event.train_loss:.4f} acc {event.train_acc:.1%}"
-                       f"  val loss {event.val_loss:.4f} acc {event.val_acc:.1%}  lr {event.lr:.3g}  "
-                       f"{event.seconds:.1f}s{'  *best' if event.improved else ''}")
-        elif name == "Finished":
-            epochs = f"{event.epochs_done} epoch{'' if event.epochs_done == 1 else 's'}"
-            best = (f"best val accuracy {event.best_val_acc:.1%} (epoch {event.best_epoch})" if event.best_epoch
-                    else "no epoch validated yet")
-            self._line(f"{event.status.replace('_', ' ').capitalize()} after {epochs}; {best}. "
-                       f"Checkpoint: {event.checkpoint}")
+            return
+        # The engine names settings by field; here the user typed flags.
+        text = describe(event, "cli", names=FLAG_FOR_FIELD)
+        if text is not None:
+            self._line(text)
