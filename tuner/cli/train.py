@@ -35,6 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 render(event)
             status = getattr(event, "status", status)
     finally:
+        render.close()  # a failed run's error line must not land on the bar's line
         if in_main_thread:  # main() may be called in-process: Ctrl-C must work as before once training ends
             signal.signal(signal.SIGINT, previous)
     return 0 if status != "stopped" else 130
