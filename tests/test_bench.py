@@ -24,7 +24,7 @@ from tuner.bench.report import format_table, write_report
 from tuner.bench.settings import TARGETS, BenchSettings
 from tuner.bench.suite import run_bench
 from tuner.bench.timing import time_breakdown, train_phase_seconds
-from tuner.cli.commands import main
+from tuner.cli import main
 from tuner.events import Progress, StageStarted
 from tuner.infer.evaluate import evaluate_checkpoint
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,16 +12,13 @@ import sys
 import pytest
 from conftest import ROOT, TINY_SIZE
 
-from tuner.cli.commands import (
-    FLAG_FOR_FIELD,
-    build_parser,
-    command_for,
-    config_from_args,
-    uncovered_config_fields,
-)
-from tuner.cli.commands import main as cli_main
+from tuner.cli.flags import FLAG_FOR_FIELD, command_for, config_from_args, uncovered_config_fields
+from tuner.cli.parser import build_parser
+from tuner.cli.parser import main as cli_main
+from tuner.cli.render import ConsoleRenderer, progress_bar
 from tuner.config import AugmentConfig, TrainConfig
 from tuner.errors import rename_settings, setting_names
+from tuner.events import EpochEnd, Finished, Progress, StageStarted, describe
 
 
 def tuner(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
@@ -145,17 +143,57 @@ def test_user_errors_are_one_line_that_names_the_flags_typed(tmp_path, capsys, a
 
 
 def test_the_last_line_reports_no_accuracy_before_any_epoch_was_validated():
-    import io
-
-    from tuner.cli.commands import ConsoleRenderer
-    from tuner.events import Finished
-
     stream = io.StringIO()
     ConsoleRenderer(stream)(Finished("stopped", 0, 0.0, 0, "runs/x", "runs/x/last.pt"))
     ConsoleRenderer(stream)(Finished("completed", 2, 0.75, 2, "runs/x", "runs/x/best.pt"))
     assert stream.getvalue().splitlines() == [
         "Stopped after 0 epochs; no epoch validated yet. Checkpoint: runs/x/last.pt",
         "Completed after 2 epochs; best val accuracy 75.0% (epoch 2). Checkpoint: runs/x/best.pt"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def visible_lines(written: str) -> list[str]:
+    """What a terminal shows: each carriage return goes back to the start of the line."""
+    return [line.rsplit("\r", 1)[-1].rstrip() for line in written.split("\n")]
+
+
+def test_a_terminal_gets_a_bar_per_phase_that_gives_way_to_each_line():
+    terminal = Terminal()
+    render = ConsoleRenderer(terminal)
+    render(StageStarted(1, "head", 10, 100, "the feature cache"))
+    for step in (1, 2, 3):
+        render(Progress("train", 1, step, 3, loss=0.5, acc=0.25))
+    render(Progress("val", 1, 1, 2))
+    epoch = EpochEnd(1, 2, 1.0, 0.5, 1.0, 0.5, 0.01, 1.0, True)
+    render(epoch)
+    render(Progress("train", 2, 1, 3, loss=0.5, acc=0.25))
+    render.close()  # a run that ends or fails clears its bar
+    written = terminal.getvalue()
+    assert "epoch 1 Training" in written and "loss 0.500 acc 25.0%" in written and "epoch 1 Validating" in written
+    assert visible_lines(written) == [describe(StageStarted(1, "head", 10, 100, "the feature cache"), "cli",
+                                              names=FLAG_FOR_FIELD), describe(epoch, "cli"), ""]
+
+
+def test_work_in_progress_draws_a_bar_on_a_terminal_only():
+    terminal = Terminal()
+    show = progress_bar("predicting", terminal)
+    show(1, 3)
+    show(3, 3)
+    assert visible_lines(terminal.getvalue())[0].startswith("predicting: 100%")  # the finished bar stays
+    assert terminal.getvalue().endswith("\n")
+    assert progress_bar("predicting", io.StringIO()) is None  # a log or a pipe would keep every redraw
+
+
+def test_help_leaves_torch_and_pandas_unloaded():
+    # Sub-commands' modules load when they run, so `tuner --help` answers at once.
+    code = ("import sys\nfrom tuner.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted({'torch', 'pandas', 'gradio', 'tqdm'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines()[-1] == "[]", result.stderr
 
 
 def test_only_settings_are_renamed_never_words_in_the_prose():

@@ -18,7 +18,8 @@ import pytest
 import torch
 from conftest import ROOT, TINY_SIZE, make_image_folder
 
-from tuner.cli.commands import build_parser, command_for, config_from_args
+from tuner.cli.flags import command_for, config_from_args
+from tuner.cli.parser import build_parser
 from tuner.config import AugmentConfig, TrainConfig
 from tuner.model.checkpoint import load_checkpoint
 from tuner.train.run import run_to_end

@@ -168,7 +168,7 @@ def test_nothing_touches_the_network_at_import(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     import tuner
     for name in ("model.weights", "model.resnet", "data.images", "data.discover", "data.archives", "data.transforms",
-                 "data.sampling", "train.run", "infer.predict", "cli.commands", "model.summary", "infer.evaluate",
+                 "data.sampling", "train.run", "infer.predict", "cli.parser", "model.summary", "infer.evaluate",
                  "ui.plots", "train.features", "export.pipeline", "data.demo"):
         importlib.reload(importlib.import_module(f"tuner.{name}"))
     assert tuner.__version__

@@ -1,13 +1,18 @@
-"""The events a training run yields, which the CLI, the studio and the benchmark render.
+"""The events a training run yields, and the one place that puts them in words.
 
     for event in train(config, stop=threading.Event()):
         ...  # RunStarted, Message, StageStarted, Progress, EpochEnd, CheckpointSaved, Finished
+
+`describe(event, style)` is the text the CLI prints and the studio logs for an event; `EpochEnd.row()`
+is its row in history.csv, the studio's curves and the benchmark's tables.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, Mapping
+
+from .errors import rename_settings
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
@@ -95,3 +100,64 @@ class Finished(Event):
     out: str
     checkpoint: str  # best.pt when there is one, else last.pt
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# How the studio's log names a run's end (the CLI says the status itself).
+FINISHED_WORDS = {"completed": "Finished", "early_stopped": "Stopped early (no better validation accuracy)",
+                  "stopped": "Stopped on request"}
+
+
+def describe(event: Event, style: Literal["cli", "log"], names: Mapping[str, str] | None = None,
+             resumed: bool = False) -> str | None:
+    """The line(s) that tell a person about `event`, or None for an event shown otherwise (Progress
+    is drawn as a bar or status from PHASES; CheckpointSaved is said by the run's last line).
+
+    style: "cli" for terse terminal lines (columns a person scans epoch after epoch, as in a log
+    file), "log" for the studio's log in sentences. Users of both know their texts, so each keeps its
+    wording; what an event says is decided here, once.
+    names: the words the user knows settings by (the CLI's flags: lr -> --lr); settings in the
+    engine's texts (`trainable=head`) are renamed to them.
+    resumed: the log says where a resumed run continues even when that is its very start (the CLI
+    says it whenever the start is not the first batch).
+    """
+    cli = style == "cli"
+    if isinstance(event, RunStarted):
+        if cli:
+            where = (f" (resuming at epoch {event.start_epoch + 1}, batch {event.start_batch})"
+                     if event.start_epoch or event.start_batch else "")
+            weights = (f"{event.weights['message']} ({event.weights_report})" if event.weights["pretrained"]
+                       else "random initialisation (see the warning below)")
+            return (f"Training on {event.num_train} images ({event.num_val} for validation), {len(event.classes)} "
+                    f"classes: {', '.join(event.classes)}{where}\nDevice: {event.device}. Weights: {weights}.")
+        lines = [f"Training on {event.device}: {len(event.classes)} classes, {event.num_train} training and "
+                 f"{event.num_val} validation images."]
+        if event.weights_report:
+            lines.append(f"Weights: {event.weights_report}")
+        if resumed:
+            lines.append(f"Resuming at epoch {event.start_epoch + 1}"
+                         + (f", batch {event.start_batch + 1}" if event.start_batch else "") + ".")
+        return "\n".join(lines)
+    if isinstance(event, Message):
+        warning = ("warning: " if cli else "Warning: ") if event.level == "warning" else ""
+        return warning + rename_settings(event.text, names or {})
+    if isinstance(event, StageStarted):
+        return (f"{'Epoch' if cli else 'From epoch'} {event.epoch}: training {event.trainable_params:,} of "
+                f"{event.total_params:,} parameters "
+                + rename_settings(f"(trainable={event.trainable}); {event.fast_path}.", names or {}))
+    if isinstance(event, EpochEnd):
+        if cli:
+            return (f"epoch {event.epoch}/{event.epochs}  train loss {event.train_loss:.4f} acc {event.train_acc:.1%}"
+                    f"  val loss {event.val_loss:.4f} acc {event.val_acc:.1%}  lr {event.lr:.3g}  "
+                    f"{event.seconds:.1f}s{'  *best' if event.improved else ''}")
+        return (f"Epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.3f}, acc {event.train_acc:.1%}; "
+                f"val loss {event.val_loss:.3f}, acc {event.val_acc:.1%}{' (best so far)' if event.improved else ''}; "
+                f"{event.seconds:.1f}s")
+    if isinstance(event, Finished):
+        epochs = f"{event.epochs_done} epoch{'' if event.epochs_done == 1 else 's'}"
+        best = (f"best {'val' if cli else 'validation'} accuracy {event.best_val_acc:.1%} (epoch {event.best_epoch})"
+                if event.best_epoch else "no epoch validated yet")  # nothing to report before epoch 1
+        if cli:
+            status = event.status.replace("_", " ").capitalize()
+            return f"{status} after {epochs}; {best}. Checkpoint: {event.checkpoint}"
+        return f"{FINISHED_WORDS.get(event.status, event.status)}: {best}, {epochs} done"
+    return None

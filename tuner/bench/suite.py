@@ -44,7 +44,7 @@ from .gpu import bench_gpu, remember_default_flags
 from .machine import load_average, machine_info
 from .predict import bench_predict
 from .report import format_table, write_report
-from .settings import ITEMS, BenchSettings
+from .settings import ITEMS, BenchSettings, add_arguments, settings_from_args
 from .training import bench_finetune, bench_head_only
 from .workspace import BenchContext, backbone_weights, make_dataset
 
@@ -99,37 +99,6 @@ def run_bench(settings: BenchSettings, workdir: str | os.PathLike | None = None,
 
 
 # ---- command line (shared by `python -m tuner bench` and bench/run.py) ---------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="tiny sizes (32 px, a few images, 1 repeat): a smoke run in "
-                   "seconds; the numbers mean nothing")
-    p.add_argument("--items", default=",".join(ITEMS), help=f"comma-separated subset of {','.join(ITEMS)}")
-    p.add_argument("--image-size", type=int, help="pixels for every item (default 224; --quick: 32)")
-    p.add_argument("--epochs", type=int, help="item 1's epochs (default 10)")
-    p.add_argument("--finetune-epochs", type=int, help="item 3's epochs; the first is warm-up (default 2)")
-    p.add_argument("--train-per-class", type=int, help="training images per class, 4 classes (default 40)")
-    p.add_argument("--val-per-class", type=int, help="validation images per class (default 10)")
-    p.add_argument("--batch-size", type=int, help="training batch (default 32)")
-    p.add_argument("--repeats", type=int, help="times each side runs, alternating (default 3)")
-    p.add_argument("--gpu-batch-size", type=int, help="item 4's batch (default 128)")
-    p.add_argument("--gpu-compile", action="store_true", help="item 4: also measure with torch.compile")
-    p.add_argument("--gpu-peak-tflops", type=float, help="item 4: the GPU's dense bf16 peak, when the table lacks it")
-    p.add_argument("--json", default="runs/bench/latest.json", help="where the JSON report goes")
-    p.add_argument("--workdir", help="keep data, runs and checkpoints here (default: a temporary folder)")
-
-
-SETTING_ARGS = {"image_size": "image_size", "epochs": "epochs", "finetune_epochs": "finetune_epochs",
-                "train_per_class": "train_per_class", "val_per_class": "val_per_class", "batch_size": "batch_size",
-                "repeats": "repeats", "gpu_batch_size": "gpu_batch_size", "gpu_peak_tflops": "gpu_peak_tflops"}
-
-
-def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    changes = {field_name: getattr(args, arg) for arg, field_name in SETTING_ARGS.items()
-               if getattr(args, arg, None) is not None}
-    changes["items"] = tuple(i.strip() for i in args.items.split(",") if i.strip())
-    changes["gpu_compile"] = bool(args.gpu_compile)
-    return BenchSettings.quick_settings(**changes) if args.quick else BenchSettings(**changes)
-
 
 def cmd_bench(args: argparse.Namespace) -> int:
     settings = settings_from_args(args).validate()

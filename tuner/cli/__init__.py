@@ -1,5 +1,9 @@
-"""The command line: `tuner train|inspect|evaluate|predict|export|bench` (also `python -m tuner`)."""
+"""The command line: `tuner train|inspect|evaluate|predict|export|bench` (also `python -m tuner`).
 
-from .commands import main
+flags: the train flag table; parser: the parser and the table of sub-commands; render: events and
+progress on stderr; one module per sub-command.
+"""
+
+from .parser import main
 
 __all__ = ["main"]

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import gradio as gr
 import torch
 
-from ...cli.commands import command_for
+from ...cli.flags import command_for
 from ...config import (
     AMP_CHOICES,
     AUGMENT_PRESETS,
@@ -23,16 +23,7 @@ from ...config import (
     TrainConfig,
 )
 from ...errors import TunerError
-from ...events import (
-    PHASES,
-    CheckpointSaved,
-    EpochEnd,
-    Finished,
-    Message,
-    Progress,
-    RunStarted,
-    StageStarted,
-)
+from ...events import PHASES, EpochEnd, Finished, Progress, RunStarted, describe
 from ...train.run import read_history, train
 from ..common import HEAVY, LIGHT, Studio, user_facing
 from ..plots import training_curves
@@ -235,23 +226,7 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
         # and names each other one the user changed as ignored, rather than dropping it without a word.
         events = train(config, stop=workspace.stop, resume=resume_run)
         for event in events:
-            if isinstance(event, RunStarted):
-                history = list(workspace.history_before) if resume_run else []
-                say(f"Training on {event.device}: {len(event.classes)} classes, {event.num_train} training and "
-                    f"{event.num_val} validation images.")
-                if not resume_run:  # the values this run uses, whatever a widget shows (e.g. a number out of range)
-                    say(f"Settings: {settings_text(config)}.")
-                if event.weights_report:
-                    say(f"Weights: {event.weights_report}")
-                if resume_run:
-                    say(f"Resuming at epoch {event.start_epoch + 1}" + (f", batch {event.start_batch + 1}" if
-                                                                         event.start_batch else "") + ".")
-            elif isinstance(event, StageStarted):
-                say(f"From epoch {event.epoch}: training {event.trainable_params:,} of {event.total_params:,} "
-                    f"parameters (trainable={event.trainable}); {event.fast_path}.")
-            elif isinstance(event, Message):
-                say(("Warning: " if event.level == "warning" else "") + event.text)
-            elif isinstance(event, Progress):
+            if isinstance(event, Progress):
                 when = f"epoch {event.epoch}/{config.epochs}, " if event.epoch else ""  # 0: before the first
                 label = f"{PHASES.get(event.phase, event.phase)}: {when}step {event.step}/{event.steps}"
                 done, total = event.step, event.steps
@@ -259,29 +234,33 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
                     last_draw = time.monotonic()
                     yield render()
                 continue
+            text = describe(event, "log", resumed=resume_run)
+            if isinstance(event, RunStarted):
+                history = list(workspace.history_before) if resume_run else []
+                heading, *more = text.split("\n")
+                say(heading)
+                if not resume_run:  # the values this run uses, whatever a widget shows (e.g. a number out of range)
+                    say(f"Settings: {settings_text(config)}.")
+                for line in more:
+                    say(line)
             elif isinstance(event, EpochEnd):
                 history.append(event.row())
-                say(f"Epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.3f}, acc "
-                    f"{event.train_acc:.1%}; val loss {event.val_loss:.3f}, acc {event.val_acc:.1%}"
-                    f"{' (best so far)' if event.improved else ''}; {event.seconds:.1f}s")
+                say(text)
                 label, done, total = f"Epoch {event.epoch}/{event.epochs} done", event.epoch, event.epochs
                 yield render(force_plot=True)
                 continue
-            elif isinstance(event, CheckpointSaved):
-                continue
             elif isinstance(event, Finished):
-                words = {"completed": "Finished", "early_stopped": "Stopped early (no better validation accuracy)",
-                         "stopped": "Stopped on request"}
-                best = (f"best validation accuracy {event.best_val_acc:.1%} (epoch {event.best_epoch})"
-                        if event.best_epoch else "no epoch validated yet")  # nothing to report before epoch 1
-                label = (f"{words.get(event.status, event.status)}: {best}, {event.epochs_done} "
-                         f"epoch{'s' if event.epochs_done != 1 else ''} done")
+                label = text
                 say(label + ". Checkpoint kept: press Resume to continue.")
                 done, total = 1, 1
                 best = workspace.checkpoint("best")
                 yield (progress_html(label, done, total), training_curves(history), "\n".join(lines[-LOG_LINES:]),
                        str(workspace.own(best)) if best else None)  # only this session's files leave
                 return
+            elif text is None:  # CheckpointSaved: the last line names the checkpoint
+                continue
+            else:
+                say(text)
             yield render()
 
     def settings_for(values: dict, val_ratio: float, workspace, out: str) -> TrainConfig:

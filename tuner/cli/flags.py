@@ -1,0 +1,182 @@
+"""The train flags, from one table (TRAIN_FLAGS) that both parses them and turns a config back into
+the command that reproduces it (`command_for`), so the two cannot drift apart.
+
+Light at import (no torch): `tuner --help` builds its parser from this table, and the studio shows
+the command for its settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..config import (
+    AMP_CHOICES,
+    AUGMENT_PRESETS,
+    BN_CHOICES,
+    DEVICE_CHOICES,
+    FEATURE_CACHE_CHOICES,
+    IMBALANCE_CHOICES,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TRAINABLE_CHOICES,
+    AugmentConfig,
+    TrainConfig,
+)
+
+
+@dataclass(frozen=True)
+class Flag:
+    flag: str
+    field: str  # TrainConfig field, or "augment.<field>"
+    type: Callable = str
+    choices: Sequence[str] | None = None
+    help: str = ""
+    switch: bool = False  # boolean: --flag / --no-flag
+
+
+TRAIN_FLAGS = [
+    Flag("--data", "data", help="'demo', a folder of class sub-folders (or train/ and val/), or a .zip"),
+    Flag("--out", "out", help="folder for last.pt, best.pt, history.csv, metrics.json"),
+    Flag("--weights", "weights", help="'imagenet' (hub cache, else download), 'random', or a weights file"),
+    Flag("--trainable", "trainable", choices=TRAINABLE_CHOICES, help="deepest stage that trains: head trains only fc; "
+         "layer3 trains layer3, layer4 and fc; all trains everything"),
+    Flag("--head-epochs", "head_epochs", int, help="two-stage recipe: train only the head for N epochs first"),
+    Flag("--epochs", "epochs", int),
+    Flag("--image-size", "image_size", int, help="pixels (224 standard; smaller is much faster on a CPU)"),
+    Flag("--batch-size", "batch_size", int, help="images per step (the global batch under torchrun)"),
+    Flag("--optimizer", "optimizer", choices=OPTIMIZERS),
+    Flag("--lr", "lr", float, help="base learning rate for the head (default 0.001 for adamw/adam, 0.01 for sgd)"),
+    Flag("--backbone-lr-mult", "backbone_lr_mult", float,
+         help="backbone rate = lr x this (default 0.1 over pretrained weights, 1.0 over random ones)"),
+    Flag("--momentum", "momentum", float),
+    Flag("--weight-decay", "weight_decay", float),
+    Flag("--scheduler", "scheduler", choices=SCHEDULERS),
+    Flag("--warmup-epochs", "warmup_epochs", int),
+    Flag("--step-size", "step_size", int, help="step scheduler: epochs between decays"),
+    Flag("--gamma", "gamma", float, help="step scheduler: decay factor"),
+    Flag("--label-smoothing", "label_smoothing", float),
+    Flag("--early-stopping", "early_stopping", int, help="stop after N epochs without better val accuracy (0: off)"),
+    Flag("--seed", "seed", int),
+    Flag("--val-ratio", "val_ratio", float, help="share held out for validation when there is no val/ folder"),
+    Flag("--imbalance", "imbalance", choices=IMBALANCE_CHOICES,
+         help="sampler: class-balanced batches; loss: class-weighted loss"),
+    Flag("--bn", "bn", choices=BN_CHOICES, help="BatchNorm in frozen stages: keep statistics (frozen) or update"),
+    Flag("--augment", "augment.preset", choices=AUGMENT_PRESETS, help="augmentation preset; the switches below "
+         "change single settings on top of it"),
+    Flag("--crop", "augment.random_resized_crop", switch=True, help="random resized crop"),
+    Flag("--crop-scale-min", "augment.crop_scale_min", float),
+    Flag("--flip", "augment.hflip", switch=True, help="random horizontal flip"),
+    Flag("--rotation", "augment.rotation", float, help="degrees"),
+    Flag("--translate", "augment.translate", float, help="share of the image"),
+    Flag("--scale", "augment.scale", float, help="zoom range, 1 +/- this"),
+    Flag("--color-jitter", "augment.color_jitter", float),
+    Flag("--noise", "augment.noise_std", float, help="Gaussian noise sigma (0..1 image scale)"),
+    Flag("--randaugment", "augment.randaugment", switch=True),
+    Flag("--device", "device", choices=DEVICE_CHOICES),
+    Flag("--amp", "amp", choices=AMP_CHOICES, help="mixed precision (auto: bf16/fp16 on CUDA, off on CPU)"),
+    Flag("--workers", "num_workers", int, help="data loader processes (-1: choose for this machine)"),
+    Flag("--feature-cache", "feature_cache", choices=FEATURE_CACHE_CHOICES,
+         help="reuse frozen-backbone outputs across epochs"),
+    Flag("--cache-views", "cache_views", int, help="augmented views per image in the feature cache"),
+    Flag("--cache-dir", "cache_dir", help="where feature caches live (default: $TUNER_HOME/features, i.e. "
+         "~/.cache/tuner/features)"),
+    Flag("--cache-budget-mb", "cache_budget_mb", int, help="largest feature cache kept in memory (the head-only "
+         "features, or a partly frozen backbone's), in MB"),
+    Flag("--channels-last", "channels_last", choices=("auto", "on", "off"),
+         help="NHWC memory format (auto: on for CUDA; on a CPU, measured once per machine and image size)"),
+    Flag("--compile", "compile", switch=True, help="torch.compile the model (GPU, long runs; needs a C/C++ compiler)"),
+    Flag("--sync-bn", "sync_bn", switch=True, help="under torchrun: synchronise BatchNorm across ranks"),
+]
+
+# Config field -> the flag that sets it, for error messages (switches are never assigned in them).
+FLAG_FOR_FIELD = {f.field.split(".")[-1]: f.flag for f in TRAIN_FLAGS if not f.switch and f.field != "augment.preset"}
+FLAG_FOR_FIELD["top_k"] = "--top-k"  # predict's Predictor checks
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    for f in TRAIN_FLAGS:
+        dest = f.field.replace(".", "__")
+        # The parser's own default stays None, so that resume can tell a typed flag from an untyped one;
+        # the help shows the config's default instead.
+        default = _default_text(f)
+        if "default" in f.help:  # the help says it in its own words
+            help_text = f.help
+        else:
+            help_text = f"{f.help} (default: {default})" if f.help else f"default: {default}"
+        if f.switch:
+            parser.add_argument(f.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(f.flag, dest=dest, type=f.type, choices=f.choices, default=None, help=help_text,
+                                metavar=None if f.choices else f.flag.lstrip("-").replace("-", "_").upper())
+
+
+def _default_text(f: Flag) -> str:
+    if f.field.startswith("augment.") and f.field != "augment.preset":
+        return "set by --augment"
+    defaults = TrainConfig()
+    value = defaults.augment.preset if f.field == "augment.preset" else getattr(defaults, f.field)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "auto" if value is None else str(value)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the augmentation preset, then every flag given on top."""
+    preset = getattr(args, "augment__preset", None)
+    config = TrainConfig(augment=AugmentConfig.from_preset(preset) if preset else AugmentConfig())
+    aug_changes: dict[str, Any] = {}
+    for f in TRAIN_FLAGS:
+        value = getattr(args, f.field.replace(".", "__"), None)
+        if value is None or f.field == "augment.preset":
+            continue
+        if f.field.startswith("augment."):
+            aug_changes[f.field.split(".", 1)[1]] = value
+        else:
+            setattr(config, f.field, value)
+    if aug_changes:
+        config.augment = config.augment.with_changes(**aug_changes)
+    return config.validate()
+
+
+def given_fields(args: argparse.Namespace) -> set[str]:
+    """The TrainConfig fields the user typed a flag for (resume keeps the run's own values for the rest)."""
+    given = set()
+    for f in TRAIN_FLAGS:
+        if getattr(args, f.field.replace(".", "__"), None) is not None:
+            given.add(f.field.split(".", 1)[0])
+    return given
+
+
+def command_for(config: TrainConfig, launcher: str = "python -m tuner") -> str:
+    """The `train` command that reproduces `config`: only settings that differ from the defaults."""
+    default = TrainConfig()
+    preset = config.augment.preset if config.augment.preset in AUGMENT_PRESETS else "light"
+    base_aug = AugmentConfig.from_preset(preset)
+    words = [*shlex.split(launcher), "train"]
+    for f in TRAIN_FLAGS:
+        if f.field == "augment.preset":
+            if preset != default.augment.preset:
+                words += [f.flag, preset]
+            continue
+        if f.field.startswith("augment."):
+            name = f.field.split(".", 1)[1]
+            value, base = getattr(config.augment, name), getattr(base_aug, name)
+        else:
+            value, base = getattr(config, f.field), getattr(default, f.field)
+        if value == base or (value is None):
+            continue
+        if f.switch:
+            words.append(f.flag if value else "--no-" + f.flag[2:])
+        else:
+            words += [f.flag, str(value)]
+    return shlex.join(words)
+
+
+def uncovered_config_fields() -> list[str]:
+    """TrainConfig fields that no train flag sets (a test keeps this empty)."""
+    covered = {f.field.split(".")[0] for f in TRAIN_FLAGS}
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in covered]
