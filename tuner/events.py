@@ -4,7 +4,8 @@
         ...  # RunStarted, Message, StageStarted, Progress, EpochEnd, CheckpointSaved, Finished
 
 `describe(event, style)` is the text the CLI prints and the studio logs for an event; `EpochEnd.row()`
-is its row in history.csv, the studio's curves and the benchmark's tables.
+is its row in history.csv, the studio's curves and the benchmark's tables; `work_of(event)` names the
+work the event closes, which the benchmark charges its time to.
 """
 
 from __future__ import annotations
@@ -161,3 +162,13 @@ def describe(event: Event, style: Literal["cli", "log"], names: Mapping[str, str
             return f"{status} after {epochs}; {best}. Checkpoint: {event.checkpoint}"
         return f"{FINISHED_WORDS.get(event.status, event.status)}: {best}, {epochs} done"
     return None
+
+
+def work_of(event: Event) -> str:
+    """The work that ends when `event` is yielded (the loop yields right after the work an event reports):
+    a Progress phase (decode, batchnorm, features, train, val), "checkpoints", or "setup and other"."""
+    if isinstance(event, Progress):
+        return event.phase
+    if isinstance(event, CheckpointSaved):
+        return "checkpoints"
+    return "setup and other"

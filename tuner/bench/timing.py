@@ -6,7 +6,7 @@ import statistics
 import time
 from typing import Any, Callable, Sequence
 
-from ..events import CheckpointSaved, Progress
+from ..events import Progress, work_of
 from .settings import BenchSettings
 
 
@@ -65,17 +65,12 @@ def train_phase_seconds(timed: list[tuple[float, Any]]) -> dict[int, float]:
 
 
 def time_breakdown(timed: list[tuple[float, Any]], start: float) -> dict[str, float]:
-    """Where a `train()` run's time went: each gap between events is charged to the event that ends
-    it (the loop yields right after the work an event reports), by Progress phase or event kind."""
+    """Where a `train()` run's time went: each gap between events is charged to the work the event
+    that ends it closes (`events.work_of`)."""
     spent: dict[str, float] = {}
     previous = start
     for t, event in timed:
-        if isinstance(event, Progress):
-            kind = event.phase
-        elif isinstance(event, CheckpointSaved):
-            kind = "checkpoints"
-        else:
-            kind = "setup and other"
+        kind = work_of(event)
         spent[kind] = spent.get(kind, 0.0) + (t - previous)
         previous = t
     return {k: round(v, 3) for k, v in spent.items()}
