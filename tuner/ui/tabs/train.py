@@ -33,7 +33,7 @@ from ...events import (
     RunStarted,
     StageStarted,
 )
-from ...train.run import read_history, train
+from ...train import read_history, train
 from ..common import HEAVY, LIGHT, Studio, user_facing
 from ..plots import training_curves
 from .model import TRAINABLE_RADIO_CHOICES
