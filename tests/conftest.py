@@ -147,7 +147,7 @@ def imagenet_weights_file(monkeypatch) -> Path:
 def trained_run(tmp_path_factory, demo_dir) -> Path:
     """One short head-only run on the demo data (shared by predict/evaluate/export/UI tests)."""
     from tuner.config import AugmentConfig, TrainConfig
-    from tuner.train.run import run_to_end
+    from tuner.train import run_to_end
 
     out = tmp_path_factory.mktemp("trained") / "run"
     config = TrainConfig(out=str(out), weights="random", image_size=TINY_SIZE, epochs=2, batch_size=16,

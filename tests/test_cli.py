@@ -12,7 +12,12 @@ import sys
 import pytest
 from conftest import ROOT, TINY_SIZE
 
-from tuner.cli.flags import FLAG_FOR_FIELD, command_for, config_from_args, uncovered_config_fields
+from tuner.cli.flags import (
+    FLAG_FOR_FIELD,
+    command_for,
+    config_from_args,
+    uncovered_config_fields,
+)
 from tuner.cli.parser import build_parser
 from tuner.cli.parser import main as cli_main
 from tuner.cli.render import ConsoleRenderer, progress_bar

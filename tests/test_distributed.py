@@ -22,7 +22,7 @@ from tuner.cli.flags import command_for, config_from_args
 from tuner.cli.parser import build_parser
 from tuner.config import AugmentConfig, TrainConfig
 from tuner.model.checkpoint import load_checkpoint
-from tuner.train.run import run_to_end
+from tuner.train import run_to_end
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 TIMEOUT = 240
@@ -100,12 +100,12 @@ def test_a_two_rank_run_writes_one_set_of_files_and_resumes(tmp_path, even_datas
 
 SAVE_EACH_RANKS_MODEL = """
 import os, sys, torch
-import tuner.train.run
-original = tuner.train.run._Run._finish
+import tuner.train.loop
+original = tuner.train.loop.Loop.finish
 def finish_and_save(self, status, epochs_done):
-    torch.save(self.model.state_dict(), os.path.join(os.environ["RANK_STATES"], os.environ["RANK"] + ".pt"))
+    torch.save(self.session.model.state_dict(), os.path.join(os.environ["RANK_STATES"], os.environ["RANK"] + ".pt"))
     return original(self, status, epochs_done)
-tuner.train.run._Run._finish = finish_and_save
+tuner.train.loop.Loop.finish = finish_and_save
 from tuner.cli import main
 sys.exit(main())
 """
@@ -139,13 +139,13 @@ def test_the_two_stage_recipe_under_two_ranks_trains_the_unfrozen_stage_in_step(
 
 FAIL_ON_RANK_1 = """
 import os, sys
-import tuner.train.run
-original = tuner.train.run._Run._train_step
-def failing(self, x, y):
+import tuner.train.loop
+original = tuner.train.loop.train_step
+def failing(session, scheduler, x, y):
     if os.environ["RANK"] == "1":
         raise RuntimeError("simulated failure on rank 1")
-    return original(self, x, y)
-tuner.train.run._Run._train_step = failing
+    return original(session, scheduler, x, y)
+tuner.train.loop.train_step = failing
 from tuner.cli import main
 sys.exit(main())
 """

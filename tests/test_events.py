@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from tuner.cli.flags import FLAG_FOR_FIELD
-from tuner.events import CheckpointSaved, EpochEnd, Finished, Message, Progress, RunStarted, StageStarted, describe
+from tuner.events import (
+    CheckpointSaved,
+    EpochEnd,
+    Finished,
+    Message,
+    Progress,
+    RunStarted,
+    StageStarted,
+    describe,
+)
 
 
 def started(start_epoch: int = 0, start_batch: int = 0) -> RunStarted:

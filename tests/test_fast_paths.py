@@ -28,9 +28,8 @@ from tuner.infer.predict import Predictor
 from tuner.model.checkpoint import load_checkpoint
 from tuner.model.resnet import calibrate_batchnorm, new_resnet50
 from tuner.runtime.setup import setup_runtime
-from tuner.train import features
+from tuner.train import features, train
 from tuner.train.features import CachePlan, build_store, cache_key
-from tuner.train.run import train
 
 needs_ort = pytest.mark.skipif(not onnxruntime_installed(), reason="onnxruntime is not installed")
 # Same data, same order, same arithmetic up to float rounding: the cached path sums the backbone in a

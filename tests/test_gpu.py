@@ -27,7 +27,7 @@ from tuner.events import EpochEnd, RunStarted, StageStarted
 from tuner.infer.predict import Predictor
 from tuner.model.checkpoint import load_checkpoint
 from tuner.runtime.setup import compile_blocker
-from tuner.train.run import train
+from tuner.train import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_SKIP_REASON)]
 

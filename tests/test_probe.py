@@ -18,7 +18,7 @@ from tuner.runtime.probe import (
     measure_channels_last as real_measure_channels_last,  # before conftest pins it
 )
 from tuner.runtime.setup import pick_channels_last, setup_runtime
-from tuner.train.run import train
+from tuner.train import train
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from tuner.errors import TunerError
 from tuner.events import Message
 from tuner.runtime import setup as runtime
 from tuner.runtime.setup import compile_blocker, cuda_unusable_reason, setup_runtime
-from tuner.train.run import optimizer_step, run_to_end, train
+from tuner.train import run_to_end, train
+from tuner.train.loop import optimizer_step
 
 
 def never(*args, **kwargs):

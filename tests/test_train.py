@@ -20,7 +20,7 @@ from tuner.errors import TunerError
 from tuner.events import CheckpointSaved, EpochEnd, Finished, Progress, StageStarted
 from tuner.model.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.model.resnet import new_resnet50
-from tuner.train.run import read_history, run_to_end, train
+from tuner.train import read_history, run_to_end, train
 
 
 def tiny_config(out, data, **overrides) -> TrainConfig:

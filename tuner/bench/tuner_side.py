@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 from ..config import TrainConfig
 from ..events import Finished, StageStarted
-from ..train.run import train
+from ..train import train
 from .settings import BenchSettings
 from .timing import time_breakdown
 

@@ -8,7 +8,7 @@ import sys
 import threading
 
 from ..runtime.setup import world_from_env
-from ..train.run import train
+from ..train import train
 from .flags import config_from_args, given_fields
 from .render import ConsoleRenderer
 

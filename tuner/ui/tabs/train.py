@@ -24,7 +24,7 @@ from ...config import (
 )
 from ...errors import TunerError
 from ...events import PHASES, EpochEnd, Finished, Progress, RunStarted, describe
-from ...train.run import read_history, train
+from ...train import read_history, train
 from ..common import HEAVY, LIGHT, Studio, user_facing
 from ..plots import training_curves
 from .model import TRAINABLE_RADIO_CHOICES
