@@ -454,3 +454,47 @@ def test_verification_fails_fp32_drift_and_a_disagreeing_engine_but_only_informs
                        rel_target=FP16_REL_TARGET)["passed"]  # 20% off: too far for rounding
     row = compare("int8", path, reference, flipped, 4, None, min_agreement=None)
     assert row["passed"] and row["top1_agreement"] == 0.75
+
+
+# (largest |logit difference|, largest |logit|) of ONNX Runtime against PyTorch on validation images of
+# models trained here (10 or 4 classes, 32-128 px, head to all trainable), on an AMD EPYC (AVX2).
+AMD_ROUNDING = [(3.60e-5, 4.02), (2.05e-5, 2.67), (3.81e-5, 39.18), (2.43e-5, 5.32), (1.37e-4, 171.97)]
+INTEL_ROUNDING = (1.12e-4, 5.0)  # the Xeon with AVX-512/AMX: 10 classes, 32 px, layer4, 1 epoch
+# The first of those models exported wrongly: BatchNorm in train mode, the last bottleneck missing, every
+# BatchNorm eps 1e-3 instead of 1e-5, the weights rounded through FP16.
+BROKEN = [(2.33, 4.02), (1.37, 4.02), (0.66, 4.02), (0.036, 4.02)]
+
+
+@pytest.mark.parametrize("max_diff, max_logit", AMD_ROUNDING + [INTEL_ROUNDING])
+def test_fp32_rounding_of_either_cpu_kind_passes(max_diff, max_logit):
+    from tuner.export.verify import FP32, passes
+
+    assert passes(FP32, max_diff, 1.0, max_logit)
+
+
+@pytest.mark.parametrize("max_diff, max_logit", BROKEN)
+def test_a_broken_fp32_export_fails(max_diff, max_logit):
+    from tuner.export.verify import FP32, passes
+
+    assert not passes(FP32, max_diff, 1.0, max_logit)
+
+
+def test_fp32_still_needs_every_label_to_agree_and_a_bound_near_zero_logits():
+    from tuner.export.verify import FP32, passes
+
+    assert not passes(FP32, 1e-6, 31 / 32, 5.0)  # rounding cannot flip a label in 32 unless it is a tie
+    assert passes(FP32, 0.9e-4, 1.0, 0.0) and not passes(FP32, 2e-4, 1.0, 0.0)
+
+
+def test_the_intel_figures_pass_through_compare_as_the_export_calls_it():
+    from tuner.export.verify import FP32, compare
+
+    reference = torch.tensor([[5.0, -1.0, 0.5], [0.2, 3.0, -4.0]])
+    shifted = reference.clone()
+    shifted[0, 0] += INTEL_ROUNDING[0]
+    row = compare("onnx", Path("model.onnx"), reference, shifted, 2, FP32.target, "", FP32.min_agreement,
+                  FP32.rel_target)
+    assert row["passed"] and row["judged"]
+    assert not compare("onnx", Path("model.onnx"), reference, reference * 1.01, 2, FP32.target, "",
+                       FP32.min_agreement, FP32.rel_target)["passed"]  # 1% off: no rounding does that
+

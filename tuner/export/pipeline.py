@@ -25,7 +25,7 @@ from .tensorrt_setup import (
     tensorrt_status,
     trtexec_command,
 )
-from .verify import FP32_TARGET, compare
+from .verify import FP32, compare
 
 FORMATS = ("pth", "safetensors", "onnx", "int8", "tensorrt")
 
@@ -182,14 +182,16 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
                 report.files["model.json"] = out / "model.json"
             report.verification.append(compare(name, path, reference, _torchvision_logits(path, len(classes),
                                                                                           images.x), len(images.x),
-                                               FP32_TARGET, "loads strict=True into torchvision resnet50"))
+                                               FP32.target, "loads strict=True into torchvision resnet50",
+                                               FP32.min_agreement, FP32.rel_target))
         elif name == "onnx":
             _ensure_onnx(model, onnx_path, state, meta, written)
             report.files["onnx"] = onnx_path
             runners["onnx"] = _ort_runner(onnx_path)
             logits = torch.from_numpy(runners["onnx"](images.x))
-            report.verification.append(compare("onnx", onnx_path, reference, logits, len(images.x), FP32_TARGET,
-                                               f"onnx.checker passed; opset {ONNX_OPSET}"))
+            report.verification.append(compare("onnx", onnx_path, reference, logits, len(images.x), FP32.target,
+                                               f"onnx.checker passed; opset {ONNX_OPSET}", FP32.min_agreement,
+                                               FP32.rel_target))
         elif name == "int8":
             _ensure_onnx(model, onnx_path, state, meta, written)
             _quantize_int8(onnx_path, path, images.calibration)
