@@ -6,19 +6,33 @@ and then run here; a user-supplied ONNX file or engine is never loaded.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import numbers
 import os
+import platform
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torchvision
 from torch import nn
+from torchvision.models import resnet50
 
+from .. import __version__
+from ..data.discover import prepare_dataset
+from ..data.images import ImageCache
+from ..data.transforms import eval_transform, resize_size
 from ..errors import TunerError
-from .onnx import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, onnx_metadata
+from ..model.checkpoint import load_checkpoint, model_from_checkpoint
+from ..paths import atomic_write, output_folder
+from .onnx import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, onnx_metadata, session_options
+from .tensorrt import build_engine, engine_runner
 from .tensorrt_setup import (
     TRT_INT8_NO_TRTEXEC,
     tensorrt_precision,
@@ -71,10 +85,6 @@ class _Images:
     """The user's own images for verification (validation split) and INT8 calibration (training split)."""
 
     def __init__(self, state: dict[str, Any], data: str | None, workdir: Path, max_images: int):
-        from ..data.discover import prepare_dataset
-        from ..data.images import ImageCache
-        from ..data.transforms import eval_transform, resize_size
-
         config = state.get("config", {}) or {}
         source = data or config.get("data")
         if not source:
@@ -116,8 +126,6 @@ def _ort_runner(path: Path) -> Callable[[torch.Tensor], Any]:
     """images -> logits (numpy) for an ONNX file this export just wrote (never a user-supplied one)."""
     import onnxruntime as ort
 
-    from .ort import session_options
-
     session = ort.InferenceSession(str(path), session_options(None), providers=["CPUExecutionProvider"])
     return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
 
@@ -133,9 +141,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
     Every file is written atomically. `progress(done, total, label)` is called between steps; `stop`
     (anything with is_set()) ends the export between formats, keeping the files already finished.
     """
-    from ..model.checkpoint import load_checkpoint, model_from_checkpoint
-    from ..paths import output_folder
-
     chosen = parse_formats(formats)
     if tensorrt_int8 and "tensorrt" not in chosen:
         raise TunerError("TensorRT INT8 applies to the TensorRT engine: choose the tensorrt format too (--format "
@@ -217,8 +222,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, formats: str | Sequence[str
                                             "top1_agreement": float("nan"), "images": 0, "passed": None, "judged": False,
                                             "note": "not built here: " + why.split(" (")[0]})
                 continue
-            from .tensorrt import build_engine, engine_runner
-
             build_engine(onnx_path, path, size, fp16=True, int8=tensorrt_int8,
                          calibration=images.calibration if tensorrt_int8 else None)  # decoded only for INT8
             report.files["tensorrt"] = path
@@ -258,13 +261,6 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def _model_json(state: dict[str, Any], checkpoint: str | os.PathLike) -> dict[str, Any]:
     """What model.json holds beside model.pth: everything needed to use and trust the weights."""
-    import platform
-
-    import torchvision
-
-    from .. import __version__
-    from ..data.transforms import resize_size
-
     history = state.get("history") or []
     best = max(history, key=lambda row: row.get("val_acc", 0), default={})
     validation = {"best_val_acc": best.get("val_acc"), "best_epoch": best.get("epoch"), "epochs_trained": len(history)}
@@ -292,16 +288,12 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _write_pth(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
-    from ..paths import atomic_write
-
     atomic_write(path, lambda tmp: torch.save(_plain_state_dict(model), tmp))
     atomic_write(path.parent / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
 
 
 def _write_safetensors(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
-
-    from ..paths import atomic_write
 
     header = {"classes": json.dumps(meta["classes"]), "image_size": str(meta["image_size"]),
               "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]), "arch": "resnet50"}
@@ -310,8 +302,6 @@ def _write_safetensors(model: nn.Module, path: Path, meta: dict[str, Any]) -> No
 
 def _torchvision_logits(path: Path, num_classes: int, x: torch.Tensor) -> torch.Tensor:
     """The interop check: plain torchvision, strict=True, from the file just written."""
-    from torchvision.models import resnet50
-
     net = resnet50(weights=None, num_classes=num_classes)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -336,8 +326,6 @@ def _ensure_onnx(model: nn.Module, path: Path, state: dict[str, Any], meta: dict
 
 def _quantize_int8(onnx_path: Path, path: Path, calibration: torch.Tensor) -> None:
     """Static INT8 quantization (QDQ, per-channel weights), calibrated on the user's training images."""
-    import tempfile
-
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -345,8 +333,6 @@ def _quantize_int8(onnx_path: Path, path: Path, calibration: torch.Tensor) -> No
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from ..paths import atomic_write
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -375,10 +361,6 @@ def _quantize_int8(onnx_path: Path, path: Path, calibration: torch.Tensor) -> No
 
 
 def _write_deploy_script(out: Path) -> Path:
-    import shutil
-
-    from ..paths import atomic_write
-
     source = Path(__file__).parent / "deploy" / "predict_onnx.py"
     return atomic_write(out / "predict_onnx.py", lambda tmp: shutil.copyfile(source, tmp))
 
@@ -411,9 +393,6 @@ def _benchmark(model: nn.Module, formats: dict[str, Callable], image_size: int,
     """Latency at batch 1 and throughput at BENCH_BATCH, for PyTorch eager and each runnable format, measured
     one after the other in this call on this machine (ratios are what to compare, not absolute times).
     `formats` maps format names to the runners the export verified with; `labels` names their rows."""
-    import copy
-    import time
-
     def timed(run, x, repeats: int) -> float:
         run(x)  # warm-up: first calls allocate and pick kernels
         times = []

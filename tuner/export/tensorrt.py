@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import TunerError
+from ..paths import atomic_write
 from .onnx import INPUT_NAME, OUTPUT_NAME
 from .tensorrt_setup import TRT_PROFILE, tensorrt_status
 
@@ -78,8 +79,6 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, i
                  int8: bool = False, calibration: torch.Tensor | None = None,
                  profile: tuple[int, int, int] = TRT_PROFILE) -> Path:
     trt = _trt()
-    from ..paths import atomic_write
-
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
