@@ -21,8 +21,9 @@ from PIL import Image
 
 from tuner import cli
 from tuner.errors import TunerError
+from tuner.export.formats import parse_formats
 from tuner.export.onnx import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME
-from tuner.export.pipeline import export_checkpoint, parse_formats
+from tuner.export.pipeline import export_checkpoint
 from tuner.export.tensorrt_setup import tensorrt_status, trtexec_command
 from tuner.export.verify import FP32_TARGET
 from tuner.model.checkpoint import load_checkpoint, model_from_checkpoint
@@ -237,7 +238,7 @@ def test_tensorrt_int8_without_the_tensorrt_format_is_refused_not_ignored(traine
 
 
 def test_verification_images_are_spread_over_every_class():
-    from tuner.export.pipeline import spread_evenly
+    from tuner.export.job import spread_evenly
 
     samples = [(c, i) for c in "abcd" for i in range(25)]  # class-ordered, as datasets are
     picked = spread_evenly(samples, 64)
@@ -247,24 +248,24 @@ def test_verification_images_are_spread_over_every_class():
 
 
 def test_speedups_compare_each_row_with_pytorch_eager_on_the_same_device():
-    from tuner.export.pipeline import _add_speedups
+    from tuner.export.speed import add_speedups
 
     def row(name, ms, per_s):
         return {"format": name, "batch1_ms": ms, "batch": 16, "throughput_img_s": per_s}
 
     rows = [row("pytorch (eager, cpu)", 100.0, 10.0), row("pytorch (eager, cuda)", 10.0, 400.0),
             row("onnx (onnxruntime)", 50.0, 20.0), row("tensorrt fp16", 2.0, 1600.0)]
-    _add_speedups(rows, ["cpu", "cuda", "cpu", "cuda"])
+    add_speedups(rows, ["cpu", "cuda", "cpu", "cuda"])
     speed = {r["format"]: (r["latency_speedup"], r["throughput_speedup"]) for r in rows}
     assert speed == {"pytorch (eager, cpu)": (1.0, 1.0), "pytorch (eager, cuda)": (1.0, 1.0),
                      "onnx (onnxruntime)": (2.0, 2.0), "tensorrt fp16": (5.0, 4.0)}  # not 50x against the CPU
     cpu_only = rows[:1] + rows[2:3]
-    _add_speedups(cpu_only, ["cpu", "cpu"])  # no GPU: everything against CPU eager, as before
+    add_speedups(cpu_only, ["cpu", "cpu"])  # no GPU: everything against CPU eager, as before
     assert [(r["latency_speedup"], r["throughput_speedup"]) for r in cpu_only] == [(1.0, 1.0), (2.0, 2.0)]
 
 
 def test_model_json_of_an_older_checkpoint_without_best_metrics_keeps_the_history_summary():
-    from tuner.export.pipeline import _model_json
+    from tuner.export.job import model_json as _model_json
 
     state = {"classes": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.2] * 3,
              "history": [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.75}]}
@@ -498,3 +499,46 @@ def test_the_intel_figures_pass_through_compare_as_the_export_calls_it():
     assert not compare("onnx", Path("model.onnx"), reference, reference * 1.01, 2, FP32.target, "",
                        FP32.min_agreement, FP32.rel_target)["passed"]  # 1% off: no rounding does that
 
+
+def test_every_format_is_a_leaf_module_that_writes_and_runs_its_file():
+    import ast
+
+    from tuner.export.formats import FORMATS
+    from tuner.export.pipeline import MODULES
+
+    assert list(MODULES) == [f.name for f in FORMATS]
+    for name, module in MODULES.items():
+        assert callable(module.write) and callable(module.runner), name
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "pipeline" not in imported and "tuner.export.pipeline" not in imported, name
+
+
+def test_the_format_table_loads_without_torch_so_the_cli_help_stays_fast():
+    code = ("import sys; from tuner.cli.commands import build_parser; build_parser(); "
+            "import tuner.export.formats; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.skipif(TRT_READY, reason="the GPU tests build real engines here")
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_built_engine_is_judged_labelled_and_timed_by_its_precision(trained_run, tmp_path, monkeypatch, int8):
+    # Without a GPU, an "engine" that is the ONNX file run by ONNX Runtime goes through the engine's path.
+    from tuner.export import onnx as onnx_format
+    from tuner.export import tensorrt as trt_format
+
+    built = []
+    monkeypatch.setattr(trt_format, "tensorrt_status", lambda: (True, "TensorRT and a CUDA GPU are present."))
+    monkeypatch.setattr(trt_format, "build_engine", lambda onnx_path, path, size, fp16, int8, calibration:
+                        built.append((fp16, int8, calibration)) or path.write_bytes(b"engine"))
+    monkeypatch.setattr(trt_format, "engine_runner", lambda path: onnx_format.ort_runner(path.with_suffix(".onnx")))
+    report = export_checkpoint(trained_run / "best.pt", "tensorrt", tmp_path, benchmark=True, max_images=4,
+                               tensorrt_int8=int8)
+    label = "tensorrt int8+fp16" if int8 else "tensorrt fp16"
+    assert built[0][:2] == (True, int8) and (built[0][2] is not None) == int8  # calibrated only for INT8
+    row = rows_by_format(report)["tensorrt"]
+    assert row["passed"] and row["judged"] == (not int8) and row["top1_agreement"] == 1.0
+    assert list(report.files) == ["onnx", "tensorrt", "predict_onnx.py"]
+    assert [r["format"] for r in report.speed][-2:] == ["onnx (onnxruntime)", label]
+    assert (label in {r["format"] for r in report.accuracy}) == int8  # INT8 is judged by its accuracy
+    assert any(m.startswith("The FP16 version" if int8 else "The same engine") for m in report.messages)

@@ -461,12 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='one JSON line per image: {"image", "top_k": [{"label", "prob"}]}')
     p.set_defaults(func=cmd_predict)
 
+    from ..export.formats import DEFAULT_FORMATS, FORMAT_NAMES  # the format table imports no torch
+
     p = sub.add_parser("export", help="write .pth/.safetensors/ONNX/INT8 ONNX/TensorRT, each checked against PyTorch",
                        description="Export a fine-tuned checkpoint. Each format is run on validation images and "
                        "compared with the PyTorch model (largest logit difference, top-1 agreement).")
     p.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint (best.pt)")
-    p.add_argument("--format", default="pth,onnx", help="comma-separated: pth,safetensors,onnx,int8,tensorrt "
-                   "(default: pth,onnx)")
+    p.add_argument("--format", default=",".join(DEFAULT_FORMATS), help=f"comma-separated: {','.join(FORMAT_NAMES)} "
+                   f"(default: {','.join(DEFAULT_FORMATS)})")
     p.add_argument("--out", required=True, help="folder for the exported files")
     p.add_argument("--data", help="dataset for verification and INT8 calibration (default: the checkpoint's own)")
     p.add_argument("--images", type=int, default=64, help="validation images used to verify each format "

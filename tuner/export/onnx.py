@@ -1,14 +1,20 @@
-"""Writing a model as ONNX (named input/output, a dynamic batch axis, metadata), and the ONNX Runtime
-session settings that run such files on the CPU (the export's checks and the fast path in ort.py)."""
+"""The ONNX format: writing a model as ONNX (named input/output, a dynamic batch axis, metadata) and
+running such a file with ONNX Runtime on the CPU.
+
+INT8 and TensorRT are built from the model.onnx written here, and the ONNX Runtime fast path
+(ort.py) exports its cached models with `export_onnx` and runs them with `session_options`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,6 +22,7 @@ from .. import __version__
 from ..data.transforms import resize_size
 from ..paths import atomic_write
 from ..runtime.setup import cpu_count
+from .job import Job, Written
 
 ONNX_OPSET = 17
 
@@ -24,6 +31,9 @@ INPUT_NAME = "input"
 
 
 OUTPUT_NAME = "logits"
+
+
+DEPLOY_SCRIPT = Path(__file__).parent / "deploy" / "predict_onnx.py"
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int,
@@ -80,3 +90,32 @@ def session_options(threads: int | None = None) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's work
     return options
+
+
+def ort_runner(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    """images -> logits for an ONNX file this export just wrote (never a user-supplied one), on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), session_options(None), providers=["CPUExecutionProvider"])
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+
+
+def write(job: Job, path: Path) -> Written:
+    """Write model.onnx once per export (INT8 and TensorRT are built from it even when ONNX was not asked for)."""
+    if path not in job.written:
+        meta = job.meta
+        extra = {"weights_source": meta["weights_source"].get("kind", ""), "checkpoint": meta["checkpoint"],
+                 "epoch": meta["epoch"]}
+        export_onnx(job.model, path, job.image_size,
+                    onnx_metadata(job.classes, job.image_size, meta["mean"], meta["std"], extra))
+        job.written.add(path)
+    return Written({"onnx": path}, f"onnx.checker passed; opset {ONNX_OPSET}")
+
+
+def runner(job: Job, path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    return ort_runner(path)
+
+
+def write_deploy_script(out: Path) -> Path:
+    """predict_onnx.py beside the ONNX files: classifies images with onnxruntime, numpy and pillow only."""
+    return atomic_write(out / DEPLOY_SCRIPT.name, lambda tmp: shutil.copyfile(DEPLOY_SCRIPT, tmp))

@@ -1,12 +1,17 @@
-"""Judging an exported format against PyTorch on the same images."""
+"""Judging an exported format against PyTorch on the same images.
+
+torch is imported for annotations only: the format table (formats.py) names each format's Check, and
+the CLI's parser reads that table, so `tuner --help` must not pay for importing torch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # An FP32 format may differ from PyTorch by FP32_TARGET + FP32_REL_TARGET x the largest |logit|. Both
 # compute the same ~50 layers in float32, summing in different orders (ONNX Runtime also folds

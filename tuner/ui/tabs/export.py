@@ -9,13 +9,12 @@ import gradio as gr
 import pandas as pd
 
 from ...errors import TunerError
-from ...export.pipeline import FORMATS, MAX_VERIFY_IMAGES, export_checkpoint
+from ...export.formats import DEFAULT_FORMATS, FORMATS
+from ...export.pipeline import MAX_VERIFY_IMAGES, export_checkpoint
 from ...export.tensorrt_setup import tensorrt_status
 from ...export.verify import FP32_REL_TARGET, FP32_TARGET, verdict
 from ..common import HEAVY, Studio, markdown_list, user_facing
 
-FORMAT_LABELS = {"pth": ".pth state_dict + model.json", "safetensors": ".safetensors", "onnx": "ONNX (FP32)",
-                 "int8": "INT8 ONNX (static quantization)", "tensorrt": "TensorRT engine (GPU)"}
 UNJUDGED = "reported (quantized: no pass/fail)"  # INT8 differs by design; its accuracy row says how much
 VERDICT = {"passed": "matches", "failed": "DIFFERS", "not built": "not built", "reported": UNJUDGED}
 SPEED_COLUMNS = {"format": "format", "batch1_ms": "batch-1 latency (ms)", "latency_speedup": "latency speedup",
@@ -51,7 +50,7 @@ def build(studio: Studio, heavy_limit: int) -> dict:
                 f"{trt_line} `predict_onnx.py` classifies images with the ONNX file using only onnxruntime, numpy "
                 "and pillow.", elem_id="export-intro")
     with gr.Row():
-        formats = gr.CheckboxGroup([(FORMAT_LABELS[f], f) for f in FORMATS], value=["pth", "onnx"],
+        formats = gr.CheckboxGroup([(f.label, f.name) for f in FORMATS], value=list(DEFAULT_FORMATS),
                                    label="Formats", elem_id="export-formats", scale=3)
         with gr.Column(scale=1):
             benchmark = gr.Checkbox(True, label="Measure speed (batch-1 latency and batched throughput vs PyTorch "
