@@ -20,6 +20,10 @@ from typing import Sequence
 from ..bench.settings import add_arguments as add_bench_arguments
 from ..config import TRAINABLE_CHOICES
 from ..errors import TunerError, rename_settings
+from ..export.formats import (  # the format table imports no torch
+    DEFAULT_FORMATS,
+    FORMAT_NAMES,
+)
 from .flags import FLAG_FOR_FIELD, add_train_flags
 
 # Sub-command -> "module:function" that runs it with the parsed arguments and returns the exit status.
@@ -91,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export a fine-tuned checkpoint. Each format is run on validation images and "
                        "compared with the PyTorch model (largest logit difference, top-1 agreement).")
     p.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint (best.pt)")
-    p.add_argument("--format", default="pth,onnx", help="comma-separated: pth,safetensors,onnx,int8,tensorrt "
-                   "(default: pth,onnx)")
+    p.add_argument("--format", default=",".join(DEFAULT_FORMATS), help=f"comma-separated: {','.join(FORMAT_NAMES)} "
+                   f"(default: {','.join(DEFAULT_FORMATS)})")
     p.add_argument("--out", required=True, help="folder for the exported files")
     p.add_argument("--data", help="dataset for verification and INT8 calibration (default: the checkpoint's own)")
     p.add_argument("--images", type=int, default=64, help="validation images used to verify each format "

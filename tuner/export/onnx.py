@@ -1,15 +1,28 @@
-"""Writing a model as ONNX: named input/output, a dynamic batch axis and metadata."""
+"""The ONNX format: writing a model as ONNX (named input/output, a dynamic batch axis, metadata) and
+running such a file with ONNX Runtime on the CPU.
+
+INT8 and TensorRT are built from the model.onnx written here, and the ONNX Runtime fast path
+(ort.py) exports its cached models with `export_onnx` and runs them with `session_options`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+
+from .. import __version__
+from ..data.transforms import resize_size
+from ..paths import atomic_write
+from ..runtime.setup import cpu_count
+from .job import Job, Written
 
 ONNX_OPSET = 17
 
@@ -20,6 +33,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
+DEPLOY_SCRIPT = Path(__file__).parent / "deploy" / "predict_onnx.py"
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int,
                 metadata: dict[str, Any] | None = None, opset: int = ONNX_OPSET) -> Path:
     """Write `model` as ONNX with a dynamic batch axis, named input/output and metadata.
@@ -28,8 +44,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int,
     preprocessing, ...), so a deployed model carries what it needs to read images.
     """
     import onnx
-
-    from ..paths import atomic_write
 
     path = Path(path)
     model = model.eval().cpu()
@@ -57,9 +71,51 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: int,
 def onnx_metadata(classes: Sequence[str], image_size: int, mean: Sequence[float], std: Sequence[float],
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a deployed ONNX model needs to classify an image, stored in its metadata_props."""
-    from .. import __version__
-    from ..data.transforms import resize_size
-
     return {"classes": list(classes), "image_size": image_size, "resize_size": resize_size(image_size),
             "mean": list(mean), "std": list(std), "input_layout": "NCHW float32 RGB, 0..1 then normalised",
             "producer": f"tuner {__version__}", **(extra or {})}
+
+
+def session_options(threads: int | None = None) -> Any:
+    """Session settings for one model on a CPU: every core for one request, all graph optimisations."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or cpu_count()
+    options.inter_op_num_threads = 1  # one graph at a time; parallelism comes from inside each operator
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # 1.25x over EXTENDED here
+    # Idle worker threads spin by default, taking the cores from whatever runs next (eager PyTorch ran
+    # ~35% slower right after an ORT call here); without spinning ORT itself measured no slower.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's work
+    return options
+
+
+def ort_runner(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    """images -> logits for an ONNX file this export just wrote (never a user-supplied one), on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), session_options(None), providers=["CPUExecutionProvider"])
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+
+
+def write(job: Job, path: Path) -> Written:
+    """Write model.onnx once per export (INT8 and TensorRT are built from it even when ONNX was not asked for)."""
+    if path not in job.written:
+        meta = job.meta
+        extra = {"weights_source": meta["weights_source"].get("kind", ""), "checkpoint": meta["checkpoint"],
+                 "epoch": meta["epoch"]}
+        export_onnx(job.model, path, job.image_size,
+                    onnx_metadata(job.classes, job.image_size, meta["mean"], meta["std"], extra))
+        job.written.add(path)
+    return Written({"onnx": path}, f"onnx.checker passed; opset {ONNX_OPSET}")
+
+
+def runner(job: Job, path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    return ort_runner(path)
+
+
+def write_deploy_script(out: Path) -> Path:
+    """predict_onnx.py beside the ONNX files: classifies images with onnxruntime, numpy and pillow only."""
+    return atomic_write(out / DEPLOY_SCRIPT.name, lambda tmp: shutil.copyfile(DEPLOY_SCRIPT, tmp))

@@ -1,18 +1,10 @@
 """ONNX Runtime on the CPU: the fast path for prediction and frozen-backbone feature extraction.
 
-Measured on this project's 2-core AMD EPYC (AVX2, no AVX-512) against eager PyTorch 2.14, same
-weights, fp32 (`bench/run.py` repeats the predict figure; the feature figure is a batch of 32):
+ONNX Runtime fuses BatchNorm into the convolutions and runs them in a blocked (NCHWc) layout, which
+makes it faster than eager PyTorch on a CPU, most of all at small images and batches
+(bench/results/ has the measured figures).
 
-    ResNet50 forward          eager      ONNX Runtime   ratio
-    224 px, batch 1            14 img/s   21.6 img/s     1.5x
-    128 px, batch 1            30 img/s   57.7 img/s     1.9x
-    128 px, batch 32           33 img/s   65.5 img/s     2.0x
-     64 px, batch 1            46 img/s    152 img/s     3.3x
-
-ORT fuses BatchNorm into the convolutions and runs them in a blocked (NCHWc) layout; at 224 px and
-batch 1 it reaches about 180 GFLOP/s, close to what two AVX2 cores can do, so fp32 has little left.
-
-Only models that tuner itself builds are exported here (with `export.export_onnx`) and then run:
+Only models that tuner itself builds are exported here (with `onnx.export_onnx`) and then run:
 the file lives in a cache folder under a name that is the hash of the model's own weights, and a
 user-supplied ONNX file is never loaded. Each export is checked against the eager model before use;
 a cached file that fails to load is exported again.
@@ -24,7 +16,7 @@ import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,7 +24,7 @@ from torch import nn
 
 from ..errors import TunerError
 from ..paths import tuner_home
-from ..runtime.setup import cpu_count
+from . import onnx as onnx_format
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 ONNX_CACHE_VERSION = 1
@@ -73,22 +65,6 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-def session_options(threads: int | None = None) -> Any:
-    """Session settings for one model on a CPU: every core for one request, all graph optimisations."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_count()
-    options.inter_op_num_threads = 1  # one graph at a time; parallelism comes from inside each operator
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # 1.25x over EXTENDED here
-    # Idle worker threads spin by default, taking the cores from whatever runs next (eager PyTorch ran
-    # ~35% slower right after an ORT call here); without spinning ORT itself measured no slower.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's work
-    return options
-
-
 def onnx_cache_dir() -> Path:
     return tuner_home() / "onnx"
 
@@ -118,7 +94,7 @@ class OnnxModel:
         self.image_size = image_size
         folder = cache_dir or onnx_cache_dir()
         self.path = folder / f"{kind}-{weights_fingerprint(module, image_size, kind)}.onnx"
-        options = session_options(threads)
+        options = onnx_format.session_options(threads)
         fresh = not self.path.is_file()
         if not fresh:
             try:
@@ -133,12 +109,10 @@ class OnnxModel:
             prune_cache(folder, keep=self.path)
 
     def _export(self, module: nn.Module, folder: Path) -> None:
-        from .onnx import export_onnx
-
         folder.mkdir(parents=True, exist_ok=True)
         try:
             with modes_kept(module):
-                export_onnx(module, self.path, self.image_size)
+                onnx_format.export_onnx(module, self.path, self.image_size)
         except Exception as exc:  # noqa: BLE001 - any exporter failure means: run eagerly instead
             self.path.unlink(missing_ok=True)
             raise OnnxRuntimeUnavailable(f"ONNX export failed ({str(exc).splitlines()[0][:120]})") from exc

@@ -1,4 +1,5 @@
-"""TensorRT engines from tuner's own ONNX files (GPU machines only; `tensorrt` is imported lazily).
+"""The TensorRT format: engines from tuner's own model.onnx (GPU machines only; `tensorrt` is imported
+lazily). Where TensorRT cannot run, the export still writes model.onnx and says how to build the engine.
 
 Built with the TensorRT Python API: network from the ONNX parser, FP16 (and INT8 with calibration on
 the user's images when asked), one optimization profile over the dynamic batch. Buffers are torch
@@ -15,8 +16,18 @@ import numpy as np
 import torch
 
 from ..errors import TunerError
+from ..paths import atomic_write
+from . import onnx as onnx_format
+from .job import Job, Written
 from .onnx import INPUT_NAME, OUTPUT_NAME
-from .tensorrt_setup import TRT_PROFILE, tensorrt_status
+from .tensorrt_setup import (
+    TRT_INT8_NO_TRTEXEC,
+    TRT_PROFILE,
+    tensorrt_precision,
+    tensorrt_status,
+    trtexec_command,
+)
+from .verify import Check
 
 
 def _trt():
@@ -78,8 +89,6 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, i
                  int8: bool = False, calibration: torch.Tensor | None = None,
                  profile: tuple[int, int, int] = TRT_PROFILE) -> Path:
     trt = _trt()
-    from ..paths import atomic_write
-
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
@@ -140,3 +149,31 @@ def engine_runner(engine_path: str | os.PathLike) -> Callable[[torch.Tensor], np
         return torch.cat([run_batch(x[i:i + largest]) for i in range(0, len(x), largest)]).numpy()
 
     return run
+
+
+def write(job: Job, path: Path) -> Written:
+    """Build the engine from model.onnx (FP16, plus INT8 with job.tensorrt_int8), or where TensorRT cannot
+    run, hand over model.onnx with the reason and the trtexec command that builds it on a GPU machine."""
+    onnx_path = job.path("onnx")
+    onnx_format.write(job, onnx_path)
+    files = {"onnx": onnx_path}
+    usable, why = tensorrt_status()
+    command = trtexec_command(onnx_path.name, path.name, job.image_size)
+    if not usable:
+        message = (f"TensorRT engine not built here: {why}. You get {onnx_path.name} and the command that builds the "
+                   f"FP16 engine on a GPU machine with TensorRT 10.x, in the folder with {onnx_path.name}: {command}"
+                   + (f". {TRT_INT8_NO_TRTEXEC}" if job.tensorrt_int8 else ""))
+        return Written(files, "not built here: " + why.split(" (")[0], [message], built=False)
+    int8 = job.tensorrt_int8
+    build_engine(onnx_path, path, job.image_size, fp16=True, int8=int8,
+                 calibration=job.images.calibration if int8 else None)  # decoded only for INT8
+    precision = tensorrt_precision(int8)  # FP16 rounds activations to 11 significant bits
+    message = (f"The FP16 version of this engine from the command line: {command}. trtexec cannot repeat tuner's "
+               "INT8 calibration, so it has no --int8." if int8 else f"The same engine from the command line: {command}")
+    # Engines: agreement informs (near-ties may flip), the logits' distance decides; INT8 reports only.
+    return Written({**files, "tensorrt": path}, precision["note"], [message],
+                   check=Check(rel_target=precision["rel_target"]), label=precision["label"])
+
+
+def runner(job: Job, path: Path) -> Callable[[torch.Tensor], np.ndarray]:
+    return engine_runner(path)

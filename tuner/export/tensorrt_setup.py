@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
+import shlex
 from typing import Any
 
 import torch
 
+from ..runtime.setup import cuda_unusable_reason
 from .onnx import INPUT_NAME
 from .verify import FP16_REL_TARGET
 
@@ -18,22 +22,16 @@ TENSORRT_MAJOR_LIMIT = 11  # engines are built with TensorRT 10's weakly typed F
 
 def tensorrt_version() -> tuple[int, ...] | None:
     """The installed TensorRT's version from package metadata (importing tensorrt needs its CUDA libraries)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     for dist in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"):
         try:
-            return tuple(int(part) for part in version(dist).split(".")[:2] if part.isdigit())
-        except (PackageNotFoundError, ValueError):
+            return tuple(int(part) for part in importlib.metadata.version(dist).split(".")[:2] if part.isdigit())
+        except (importlib.metadata.PackageNotFoundError, ValueError):
             continue
     return None
 
 
 def tensorrt_status() -> tuple[bool, str]:
     """(usable, what is missing): TensorRT needs its Python package and a CUDA GPU on this machine."""
-    import importlib.util
-
-    from ..runtime.setup import cuda_unusable_reason
-
     missing = []
     if not torch.cuda.is_available():
         why = cuda_unusable_reason()
@@ -56,8 +54,6 @@ def trtexec_command(onnx_path: str | os.PathLike, engine_path: str | os.PathLike
     placeholder scales, an engine that runs but classifies poorly. INT8 engines are calibrated on the
     user's images by tuner itself (export_checkpoint with tensorrt_int8), on the GPU machine.
     """
-    import shlex
-
     low, opt = TRT_PROFILE[0], min(TRT_PROFILE[1], max_batch)
     shape = f"3x{image_size}x{image_size}"
     words = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",

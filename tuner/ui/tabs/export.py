@@ -9,13 +9,12 @@ import gradio as gr
 import pandas as pd
 
 from ...errors import TunerError
-from ...export.pipeline import FORMATS, MAX_VERIFY_IMAGES, export_checkpoint
+from ...export.formats import DEFAULT_FORMATS, FORMATS
+from ...export.pipeline import MAX_VERIFY_IMAGES, export_checkpoint
 from ...export.tensorrt_setup import tensorrt_status
-from ...export.verify import verdict
+from ...export.verify import FP32_REL_TARGET, FP32_TARGET, verdict
 from ..common import HEAVY, Studio, markdown_list, user_facing
 
-FORMAT_LABELS = {"pth": ".pth state_dict + model.json", "safetensors": ".safetensors", "onnx": "ONNX (FP32)",
-                 "int8": "INT8 ONNX (static quantization)", "tensorrt": "TensorRT engine (GPU)"}
 UNJUDGED = "reported (quantized: no pass/fail)"  # INT8 differs by design; its accuracy row says how much
 VERDICT = {"passed": "matches", "failed": "DIFFERS", "not built": "not built", "reported": UNJUDGED}
 SPEED_COLUMNS = {"format": "format", "batch1_ms": "batch-1 latency (ms)", "latency_speedup": "latency speedup",
@@ -46,11 +45,12 @@ def build(studio: Studio, heavy_limit: int) -> dict:
                 f"TensorRT engines cannot be built on this server ({why}); choosing TensorRT gives you the ONNX file "
                 "and the `trtexec` command that builds the engine on your GPU machine.")
     gr.Markdown("Exports this session's best checkpoint. Each format is run on validation images and compared with "
-                "the PyTorch model: the largest logit difference (FP32 target ≤ 1e-4) and top-1 agreement. "
+                "the PyTorch model: the largest logit difference (FP32 target ≤ "
+                f"{FP32_TARGET:g} + {FP32_REL_TARGET:.2%} of the largest |logit|) and top-1 agreement. "
                 f"{trt_line} `predict_onnx.py` classifies images with the ONNX file using only onnxruntime, numpy "
                 "and pillow.", elem_id="export-intro")
     with gr.Row():
-        formats = gr.CheckboxGroup([(FORMAT_LABELS[f], f) for f in FORMATS], value=["pth", "onnx"],
+        formats = gr.CheckboxGroup([(f.label, f.name) for f in FORMATS], value=list(DEFAULT_FORMATS),
                                    label="Formats", elem_id="export-formats", scale=3)
         with gr.Column(scale=1):
             benchmark = gr.Checkbox(True, label="Measure speed (batch-1 latency and batched throughput vs PyTorch "
