@@ -196,6 +196,6 @@ def test_every_format_is_a_leaf_module_that_writes_and_runs_its_file():
 
 
 def test_the_format_table_loads_without_torch_so_the_cli_help_stays_fast():
-    code = ("import sys; from tuner.cli.commands import build_parser; build_parser(); "
+    code = ("import sys; from tuner.cli.parser import build_parser; build_parser(); "
             "import tuner.export.formats; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
