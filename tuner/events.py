@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
@@ -51,7 +51,9 @@ class StageStarted(Event):
 
 # What each Progress phase is doing, in the words the CLI and the studio show.
 PHASES = {"decode": "Reading images", "batchnorm": "Measuring BatchNorm statistics (random backbone, once)",
-          "features": "Computing backbone features (once)", "train": "Training", "val": "Validating"}
+          "features": "Computing backbone features (once)", "train": "Training", "val": "Validating",
+          "pixels": "Checking every image's pixels", "neighbours": "Comparing images in feature space",
+          "folds": "Cross-validating a head on the features"}
 
 
 @dataclass
@@ -95,3 +97,15 @@ class Finished(Event):
     out: str
     checkpoint: str  # best.pt when there is one, else last.pt
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def drain(steps: Iterator, on_step: Callable[[Any], None] | None = None) -> Any:
+    """Run a generator that yields progress to its end and return what it returns, handing each
+    yielded item to `on_step` (for callers that want a result and, at most, a callback)."""
+    while True:
+        try:
+            item = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if on_step is not None:
+            on_step(item)
