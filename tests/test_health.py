@@ -325,3 +325,21 @@ def test_a_stop_request_returns_the_checks_that_finished(tmp_path):
     report = check_dataset(str(data), str(tmp_path / "work"), image_size=TINY_SIZE, weights="random", stop=stop)
     assert report.stopped and report.summary().endswith("(stopped before every check ran)")
     assert report.checked == ["class balance of 3 classes"]
+
+
+def test_a_stop_during_feature_extraction_keeps_the_pixel_checks(tmp_path, imagenet_weights_file):
+    data = make_small_pattern_set(tmp_path / "data")
+    shutil.copy(data / "checks/0.png", data / "checks/again.png")
+    stop = threading.Event()
+
+    def stop_once_extracting(event):
+        if isinstance(event, Progress) and event.phase == "features":
+            stop.set()
+
+    report = check_dataset(str(data), str(tmp_path / "work"), image_size=TINY_SIZE, weights="imagenet",
+                           cache_dir=str(tmp_path / "features"), batch_size=4, stop=stop,
+                           on_event=stop_once_extracting)
+    assert report.stopped
+    assert by_kind(report)["exact_duplicate"].paths == ["checks/again.png"]
+    assert not any(c.startswith(("near duplicates", "labels", "outliers")) for c in report.checked)
+    assert not list((tmp_path / "features").glob("*.pt"))  # no half-computed cache is kept
