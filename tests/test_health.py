@@ -30,10 +30,9 @@ from tuner.data.health import (
     Report,
     duplicate_findings,
     exclude_samples,
-    pixel_stats,
     read_exclusions,
-    sharpness,
 )
+from tuner.data.health_images import pixel_stats, sharpness
 from tuner.data import health_features as hf
 from tuner.errors import TunerError
 from tuner.events import PHASES, Progress, StageStarted, drain

@@ -29,14 +29,11 @@ from ..config import AugmentConfig, TrainConfig
 from ..data.discover import DatasetSpec, prepare_dataset
 from ..data.health import (
     Finding,
-    PixelStats,
     Report,
     balance_findings,
     digest_groups,
     duplicate_findings,
     exclude_samples,
-    image_findings,
-    pixel_stats,
     relative_path,
 )
 from ..data.health_features import (
@@ -53,6 +50,7 @@ from ..data.health_features import (
     outlier_scores,
     outliers,
 )
+from ..data.health_images import PixelStats, image_findings, pixel_stats
 from ..data.images import ImageCache, ImageDataset
 from ..data.sampling import seeded
 from ..data.transforms import eval_transform, resize_size, train_transform
@@ -79,7 +77,11 @@ def check_dataset(data: str, workdir: str, image_size: int = 224, weights: str =
                   exclude: Sequence[str] = (), folds: int = FOLDS, stop: StopSignal | None = None,
                   on_event: Callable[[Event], None] | None = None, **settings) -> Report:
     """Run every check on `data` ('demo', a folder or a .zip) and return the Report; `settings` are
-    doctor_config's (val_ratio, seed, batch_size, cache_dir, device, cache_budget_mb)."""
+    doctor_config's (val_ratio, seed, batch_size, cache_dir, device, cache_budget_mb).
+
+    A .zip is unpacked under `workdir` as training unpacks it under its `out` folder; the features are
+    keyed by the unpacked files' paths, so give the run's `out` as `workdir` to share them.
+    """
     config = doctor_config(data, workdir, image_size, weights, **settings)
     return drain(doctor_events(config, exclude=exclude, folds=folds, stop=stop), on_event)
 
