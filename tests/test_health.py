@@ -234,7 +234,8 @@ def test_a_planted_outlier_is_the_only_one_found():
 
 
 # Measured on this planted case (240 images, 24 labels swapped, 5-fold logistic heads + cleanlab's
-# find_label_issues): 25 flagged, 20 of them swapped. Pinned to the image, so any change shows.
+# find_label_issues): 25 flagged, 20 of them swapped, each with its true class suggested. Pinned
+# exactly, so any change in the finder shows.
 WRONG_LABEL_PRECISION, WRONG_LABEL_RECALL = 0.8, 20 / 24
 
 
@@ -249,7 +250,10 @@ def test_swapped_labels_are_found_with_the_measured_precision_and_recall():
     hits = len(set(found) & set(swapped.tolist()))
     assert hits / len(found) == pytest.approx(WRONG_LABEL_PRECISION, abs=1e-9)
     assert hits / len(swapped) == pytest.approx(WRONG_LABEL_RECALL, abs=1e-9)
-    assert probs[found[0]].argmax() == truth[found[0]]  # the suggested class of the top suspect is the true one
+    suggested = hf.suggested_classes(given, probs)
+    assert np.all(suggested != given)
+    caught = sorted(set(found) & set(swapped.tolist()))
+    assert np.array_equal(suggested[caught], truth[caught])  # each swap caught is sent back to its true class
 
 
 # ---- exclusions ----------------------------------------------------------------------------------------------------

@@ -165,3 +165,9 @@ def likely_wrong_labels(labels: np.ndarray, probs: np.ndarray) -> list[int]:
         ranked = find_label_issues(labels=labels, pred_probs=probs, return_indices_ranked_by="self_confidence")
     return [int(i) for i in ranked]
 
+
+def suggested_classes(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """For each image, the most probable class other than its given one (what a wrong label should be)."""
+    others = probs.copy()
+    others[np.arange(len(labels)), labels] = -1.0
+    return others.argmax(axis=1)

@@ -49,6 +49,7 @@ from ..data.health_features import (
     out_of_fold_probabilities,
     outlier_scores,
     outliers,
+    suggested_classes,
 )
 from ..data.health_images import PixelStats, image_findings, pixel_stats
 from ..data.images import ImageCache, ImageDataset
@@ -110,7 +111,7 @@ def doctor_events(config: TrainConfig, spec: DatasetSpec | None = None, exclude:
     features = yield from _features(config, spec, report, stopped)
     report.stopped = stopped()
     accuracy = None
-    if features is not None:
+    if features is not None and not report.stopped:
         accuracy = yield from _feature_checks(features, labels, spec, paths, splits, [s.digest for s in stats],
                                               report, folds, config.seed, stopped)
     # Exact duplicates last, so that a leak's effect is told at the accuracy cross-validation measured.
@@ -161,7 +162,7 @@ def _features(config: TrainConfig, spec: DatasetSpec, report: Report, stopped: C
                               f"features, and there is none ({fix})")
         yield Message("warning", f"Skipped {report.skipped[-1]}.")
         return None
-    with seeded(config.seed):  # as training builds it (the head's init), so that the cache key is training's
+    with seeded(config.seed):  # as training builds it: tensors a weights file lacks keep a seeded random init
         model = build_model(len(spec.classes), source).model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -226,7 +227,8 @@ def _label_check(features: np.ndarray, labels: np.ndarray, spec: DatasetSpec, pa
         finding = Finding("wrong_label", len(suspects), [paths[i] for i in suspects],
                           f"Out-of-fold probability of the given class is low while another class's is high "
                           f"({k}-fold cross-validated head, accuracy {accuracy:.0%}).", figures={"accuracy": accuracy})
-        finding.related = {paths[i]: spec.classes[int(probs[i].argmax())] for i in suspects}
+        suggested = suggested_classes(labels, probs)
+        finding.related = {paths[i]: spec.classes[int(suggested[i])] for i in suspects}
         report.findings.append(finding)
     report.checked.append(f"labels, by {k}-fold cross-validation of a logistic head (accuracy {accuracy:.0%})")
     return accuracy
