@@ -11,7 +11,7 @@ work the event closes, which the benchmark charges its time to.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 from .errors import rename_settings
 
@@ -57,7 +57,9 @@ class StageStarted(Event):
 
 # What each Progress phase is doing, in the words the CLI and the studio show.
 PHASES = {"decode": "Reading images", "batchnorm": "Measuring BatchNorm statistics (random backbone, once)",
-          "features": "Computing backbone features (once)", "train": "Training", "val": "Validating"}
+          "features": "Computing backbone features (once)", "train": "Training", "val": "Validating",
+          "pixels": "Checking every image's pixels", "neighbours": "Comparing images in feature space",
+          "folds": "Cross-validating a head on the features"}
 
 
 @dataclass
@@ -172,3 +174,15 @@ def work_of(event: Event) -> str:
     if isinstance(event, CheckpointSaved):
         return "checkpoints"
     return "setup and other"
+
+
+def drain(steps: Iterator, on_step: Callable[[Any], None] | None = None) -> Any:
+    """Run a generator that yields progress to its end and return what it returns, handing each
+    yielded item to `on_step` (for callers that want a result and, at most, a callback)."""
+    while True:
+        try:
+            item = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if on_step is not None:
+            on_step(item)
