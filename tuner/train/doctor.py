@@ -60,7 +60,8 @@ from ..model.resnet import build_model, freeze, set_train_mode
 from ..model.weights import resolve_weights
 from ..runtime.setup import setup_runtime
 from .features import build_store, cache_folder, cache_key, plan_cache
-from .run import IMAGE_CACHE_BYTES, StopSignal
+from .loop import StopSignal
+from .session import IMAGE_CACHE_BYTES
 
 PIXEL_CHUNK = 256  # images per progress step while hashing
 
