@@ -37,6 +37,10 @@ class Flag:
     help: str = ""
     switch: bool = False  # boolean: --flag / --no-flag
 
+    @property
+    def dest(self) -> str:
+        return self.field.replace(".", "__")
+
 
 TRAIN_FLAGS = [
     Flag("--data", "data", help="'demo', a folder of class sub-folders (or train/ and val/), or a .zip"),
@@ -95,11 +99,11 @@ TRAIN_FLAGS = [
 # Config field -> the flag that sets it, for error messages (switches are never assigned in them).
 FLAG_FOR_FIELD = {f.field.split(".")[-1]: f.flag for f in TRAIN_FLAGS if not f.switch and f.field != "augment.preset"}
 FLAG_FOR_FIELD["top_k"] = "--top-k"  # predict's Predictor checks
+TRAIN_FLAG = {f.flag: f for f in TRAIN_FLAGS}  # by name, for commands that share some of train's flags
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    for f in TRAIN_FLAGS:
-        dest = f.field.replace(".", "__")
+def add_train_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag] = TRAIN_FLAGS) -> None:
+    for f in flags:
         # The parser's own default stays None, so that resume can tell a typed flag from an untyped one;
         # the help shows the config's default instead.
         default = _default_text(f)
@@ -108,9 +112,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         else:
             help_text = f"{f.help} (default: {default})" if f.help else f"default: {default}"
         if f.switch:
-            parser.add_argument(f.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(f.flag, dest=f.dest, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
         else:
-            parser.add_argument(f.flag, dest=dest, type=f.type, choices=f.choices, default=None, help=help_text,
+            parser.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices, default=None, help=help_text,
                                 metavar=None if f.choices else f.flag.lstrip("-").replace("-", "_").upper())
 
 
@@ -129,26 +134,27 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     preset = getattr(args, "augment__preset", None)
     config = TrainConfig(augment=AugmentConfig.from_preset(preset) if preset else AugmentConfig())
     aug_changes: dict[str, Any] = {}
-    for f in TRAIN_FLAGS:
-        value = getattr(args, f.field.replace(".", "__"), None)
-        if value is None or f.field == "augment.preset":
+    for field, value in typed_values(args).items():
+        if field == "augment.preset":
             continue
-        if f.field.startswith("augment."):
-            aug_changes[f.field.split(".", 1)[1]] = value
+        if field.startswith("augment."):
+            aug_changes[field.split(".", 1)[1]] = value
         else:
-            setattr(config, f.field, value)
+            setattr(config, field, value)
     if aug_changes:
         config.augment = config.augment.with_changes(**aug_changes)
     return config.validate()
 
 
+def typed_values(args: argparse.Namespace, flags: Sequence[Flag] = TRAIN_FLAGS) -> dict[str, Any]:
+    """Field -> value of each of these flags the user typed (the parser's own defaults are None)."""
+    values = {f.field: getattr(args, f.dest, None) for f in flags}
+    return {field: value for field, value in values.items() if value is not None}
+
+
 def given_fields(args: argparse.Namespace) -> set[str]:
     """The TrainConfig fields the user typed a flag for (resume keeps the run's own values for the rest)."""
-    given = set()
-    for f in TRAIN_FLAGS:
-        if getattr(args, f.field.replace(".", "__"), None) is not None:
-            given.add(f.field.split(".", 1)[0])
-    return given
+    return {field.split(".", 1)[0] for field in typed_values(args)}
 
 
 def command_for(config: TrainConfig, launcher: str = "python -m tuner") -> str:
