@@ -38,7 +38,7 @@ def test_help_lists_every_command(capsys):
         assert done.value.code == 0
         if args == ["--help"]:
             overview = capsys.readouterr().out
-            for command in ("inspect", "train", "evaluate", "predict", "export", "bench"):
+            for command in ("inspect", "train", "doctor", "evaluate", "predict", "export", "bench"):
                 assert command in overview
     train_help = capsys.readouterr().out
     for flag in ("--data", "--out", "--trainable", "--epochs", "--image-size", "--batch-size", "--optimizer",

@@ -1,7 +1,7 @@
-"""The command line: `tuner train|inspect|evaluate|predict|export|bench` (also `python -m tuner`).
+"""The command line: `tuner train|doctor|inspect|evaluate|predict|export|bench` (also `python -m tuner`).
 
 flags: the train flag table; parser: the parser and the table of sub-commands; render: events and
-progress on stderr; one module per sub-command.
+progress on stderr; stopping: Ctrl-C; one module per sub-command.
 """
 
 from .parser import main

@@ -1,5 +1,6 @@
 """The train flags, from one table (TRAIN_FLAGS) that both parses them and turns a config back into
-the command that reproduces it (`command_for`), so the two cannot drift apart.
+the command that reproduces it (`command_for`), so the two cannot drift apart. Commands that read
+data as training does take their data flags from it too (DOCTOR_FLAGS).
 
 Light at import (no torch): `tuner --help` builds its parser from this table, and the studio shows
 the command for its settings.
@@ -100,6 +101,18 @@ TRAIN_FLAGS = [
 FLAG_FOR_FIELD = {f.field.split(".")[-1]: f.flag for f in TRAIN_FLAGS if not f.switch and f.field != "augment.preset"}
 FLAG_FOR_FIELD["top_k"] = "--top-k"  # predict's Predictor checks
 TRAIN_FLAG = {f.flag: f for f in TRAIN_FLAGS}  # by name, for commands that share some of train's flags
+
+# `tuner doctor` reads the data as training does: train's flags, with their meanings and defaults, and
+# --out in the role it has there for the data (where a .zip is unpacked), which a check shares with a run.
+DOCTOR_FLAGS = [
+    TRAIN_FLAG["--data"],
+    dataclasses.replace(TRAIN_FLAG["--out"], help="where a .zip given as --data is unpacked (OUT/datasets/), as "
+                        "`train --out` unpacks it: give the --out of the run to come, and it reuses the unpacked "
+                        "files and the features computed here; a folder dataset writes nothing there (default: "
+                        f"{TrainConfig.out}, train's)"),
+    *(TRAIN_FLAG[name] for name in ("--image-size", "--weights", "--val-ratio", "--seed", "--batch-size", "--device",
+                                    "--cache-dir", "--cache-budget-mb")),
+]
 
 
 def add_train_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag] = TRAIN_FLAGS) -> None:

@@ -1,4 +1,4 @@
-"""`tuner inspect|train|evaluate|predict|export|bench` (also `python -m tuner`): the parser, and the
+"""`tuner inspect|train|doctor|evaluate|predict|export|bench` (also `python -m tuner`): the parser, and the
 table that runs each sub-command.
 
 User errors (TunerError) print one line and exit with status 2; anything else is a bug and keeps
@@ -24,7 +24,7 @@ from ..export.formats import (  # the format table imports no torch
     DEFAULT_FORMATS,
     FORMAT_NAMES,
 )
-from .flags import FLAG_FOR_FIELD, add_train_flags
+from .flags import DOCTOR_FLAGS, FLAG_FOR_FIELD, add_train_flags
 
 # Sub-command -> "module:function" that runs it with the parsed arguments and returns the exit status.
 COMMANDS = {
@@ -33,6 +33,7 @@ COMMANDS = {
     "evaluate": "tuner.cli.evaluate:cmd_evaluate",
     "predict": "tuner.cli.predict:cmd_predict",
     "export": "tuner.cli.export:cmd_export",
+    "doctor": "tuner.cli.doctor:cmd_doctor",
     "bench": "tuner.bench.suite:cmd_bench",
 }
 
@@ -62,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds a run")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+    p = sub.add_parser("doctor", help="check a dataset before training: duplicates, leaks, bad images, labels",
+                       description="Check a dataset before it costs a training run: duplicates, label conflicts and "
+                       "train/val leaks, blank, tiny, dark or blurry images, class balance, and with pretrained "
+                       "weights near duplicates, outliers and likely wrong labels. Prints the findings, "
+                       "problems first, each with its fix; reads the data as `train` does, and changes none of "
+                       "it. Ctrl-C stops the check and prints what was found so far.")
+    add_train_flags(p, DOCTOR_FLAGS)
+    p.add_argument("--exclude", metavar="FILE", help="check the data without the images listed in FILE (one path "
+                   "inside the dataset folder per line; # starts a comment), as --write-exclude writes it")
+    p.add_argument("--write-exclude", metavar="FILE", help="write the images flagged as problems (and those left out "
+                   "by --exclude) to FILE, a new file, for --exclude")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
     p = sub.add_parser("inspect", help="show the model: weights, stages, parameters, shapes")
     p.add_argument("--weights", default="imagenet", help="'imagenet', 'random', or a weights file (default: imagenet)")
