@@ -52,8 +52,13 @@ def count(text: str) -> int:
     return value
 
 
+def program_name() -> str:
+    """How the user started tuner, for usage lines: the installed `tuner` command or `python -m tuner`."""
+    return "tuner" if os.path.basename(sys.argv[0]) == "tuner" else "python -m tuner"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tuner", description="Fine-tune a pretrained ResNet50 on your "
+    parser = argparse.ArgumentParser(prog=program_name(), description="Fine-tune a pretrained ResNet50 on your "
                                      "own images: one sub-folder per class.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
