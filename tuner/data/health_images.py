@@ -18,7 +18,10 @@ from .images import load_rgb, presize
 # Thresholds of the pixel checks (the README's "Checking the data" explains each).
 SMALL_UPSCALE = 2.0  # flagged when the shorter side must be enlarged more than this for training
 ODD_ASPECT = 2.0  # long side / short side
-CONSTANT_SPREAD = 4.0  # standard deviation of grey levels (0..255) below which an image is nearly blank
+# Standard deviation (0..255) that every colour channel stays below in a nearly blank image. Per channel,
+# not of the grey levels: a green shape on teal can have almost no grey-level contrast (the demo set has
+# two such triangles) and still be a clear picture.
+CONSTANT_SPREAD = 4.0
 DARK_MEAN, BRIGHT_MEAN = 25.0, 235.0  # mean grey level
 BLUR_RATIO = 5.0  # flagged when 5x less sharp than the dataset's median image
 GREY_CHANNEL_GAP = 2.0  # mean |R-G| + |G-B| below which an image counts as greyscale
@@ -31,7 +34,7 @@ class PixelStats:
     width: int
     height: int
     mean: float  # grey level 0..255
-    spread: float  # standard deviation of the grey levels
+    spread: float  # the largest standard deviation of the three colour channels
     sharpness: float  # variance of the Laplacian over the variance of the image (contrast-free)
     grey: bool
 
@@ -42,8 +45,9 @@ def pixel_stats(path: str | Path) -> PixelStats:
     small = np.asarray(presize(img, ANALYSIS_SIDE), dtype=np.float32)
     grey = small @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     gap = float(np.abs(small[..., 0] - small[..., 1]).mean() + np.abs(small[..., 1] - small[..., 2]).mean())
-    return PixelStats(digest, img.width, img.height, float(grey.mean()), float(grey.std()),
-                      sharpness(grey), gap < GREY_CHANNEL_GAP)
+    spread = float(small.reshape(-1, 3).std(axis=0).max())
+    return PixelStats(digest, img.width, img.height, float(grey.mean()), spread, sharpness(grey),
+                      gap < GREY_CHANNEL_GAP)
 
 
 def sharpness(grey: np.ndarray) -> float:
@@ -115,7 +119,7 @@ def _image_detail(kind: str, items: list[tuple[float, str]], stats: Sequence[Pix
         return (f"Up to {worst:.1f}:1; the centre crop keeps only the middle {kept:.0%} of the {side} of "
                 f"{items[0][1]}.")
     if kind == "constant":
-        return f"Grey levels vary by less than {CONSTANT_SPREAD:.0f} (of 255) across the picture."
+        return f"No colour channel varies by more than {CONSTANT_SPREAD:.0f} (of 255) across the picture."
     if kind == "dark":
         return f"Mean grey level below {DARK_MEAN:.0f} of 255."
     if kind == "bright":
