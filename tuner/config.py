@@ -41,7 +41,19 @@ def _fits(value: Any, kind: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:  # inf and nan pass every range check (nan compares false), so they are refused here
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if typing.get_origin(kind) is list:  # list[str]: a list, and each item of the kind inside
+        return isinstance(value, list) and all(_fits(item, typing.get_args(kind)[0]) for item in value)
     return isinstance(value, kind)
+
+
+def _kind_text(kind: Any) -> str:
+    if kind in _KINDS:
+        return _KINDS[kind]
+    if kind is type(None):
+        return "None (the default)"
+    if typing.get_origin(kind) is list:
+        return f"a list of {_kind_text(typing.get_args(kind)[0])} values"
+    return f"an {kind.__name__} (e.g. {kind.__name__}.from_preset('light'))"
 
 
 def check_field_types(config: Any) -> None:
@@ -53,9 +65,7 @@ def check_field_types(config: Any) -> None:
         value, hint = getattr(config, f.name), hints[f.name]
         kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
         if not any(_fits(value, kind) for kind in kinds):
-            wanted = " or ".join(_KINDS.get(k) or ("None (the default)" if k is type(None) else
-                                                   f"an {k.__name__} (e.g. {k.__name__}.from_preset('light'))")
-                                 for k in kinds)
+            wanted = " or ".join(_kind_text(k) for k in kinds)
             raise TunerError(f"{f.name}={value!r} must be {wanted}.")
 
 
@@ -155,6 +165,9 @@ class TrainConfig:
     channels_last: str = "auto"  # "auto" | "on" | "off"
     compile: bool = False  # torch.compile the model (GPU; pays off on long runs)
     sync_bn: bool = False  # under torchrun: synchronise BatchNorm statistics across ranks
+    # Images the run leaves out: paths inside the dataset folder (posix), as the data check lists them
+    # (train/cats/01.jpg, or cats/01.jpg without split folders); see tuner.data.health.exclude_samples.
+    exclude: list[str] = field(default_factory=list)
 
     # ---- derived values -------------------------------------------------------------------------
     @property
@@ -231,6 +244,10 @@ class TrainConfig:
             raise TunerError(f"num_workers={self.num_workers}: use -1 (auto), 0 or more.")
         if not str(self.out).strip():
             raise TunerError(f"out={self.out!r} is empty: name a folder for checkpoints, e.g. runs/my-model.")
+        for path in self.exclude:
+            if not path.strip() or "\n" in path or "\r" in path:
+                raise TunerError(f"exclude holds {path!r}, which is not an image path: list paths inside the dataset "
+                                 "folder, one per entry, e.g. train/cats/01.jpg.")
         self.augment.validate()
         return self
 

@@ -85,7 +85,8 @@ def write_exclusions(path: str, report: Report) -> None:
     refuse_existing(path)  # one may have appeared while the check ran
     paths = sorted(set(report.excluded) | set(report.exclusions()))
     header = [f"# Images to leave out of the dataset {report.root}: one path per line, inside that folder.",
-              f"# Written by `tuner doctor --write-exclude` ({report.summary()}); `tuner doctor --exclude` "
-              "reads it. Lines starting with # are ignored: delete a line to keep that image."]
+              f"# Written by `tuner doctor --write-exclude` ({report.summary()}); `tuner train --exclude` "
+              "trains without these images and `tuner doctor --exclude` checks the data without them. Lines "
+              "starting with # are ignored: delete a line to keep that image."]
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(header + paths) + "\n"))
     print(f"Wrote {len(paths)} image path(s) to {path}.", file=sys.stderr)

@@ -27,6 +27,7 @@ from ..config import (
     AugmentConfig,
     TrainConfig,
 )
+from ..data.exclusions import exclusion_lines, read_exclusions
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Flag:
     choices: Sequence[str] | None = None
     help: str = ""
     switch: bool = False  # boolean: --flag / --no-flag
+    # The flag names an exclude file (data/exclusions.py) whose paths are the field's value (--exclude
+    # FILE); `command_for` writes that file as part of the command.
+    path_list: bool = False
 
     @property
     def dest(self) -> str:
@@ -95,6 +99,8 @@ TRAIN_FLAGS = [
          help="NHWC memory format (auto: on for CUDA; on a CPU, measured once per machine and image size)"),
     Flag("--compile", "compile", switch=True, help="torch.compile the model (GPU, long runs; needs a C/C++ compiler)"),
     Flag("--sync-bn", "sync_bn", switch=True, help="under torchrun: synchronise BatchNorm across ranks"),
+    Flag("--exclude", "exclude", path_list=True, help="leave out the images listed in FILE: one path inside the "
+         "dataset folder per line (# starts a comment), as `tuner doctor --write-exclude` writes it (default: none)"),
 ]
 
 # Config field -> the flag that sets it, for error messages (switches are never assigned in them).
@@ -128,8 +134,9 @@ def add_train_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag] = TRA
             parser.add_argument(f.flag, dest=f.dest, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
+            metavar = "FILE" if f.path_list else f.flag.lstrip("-").replace("-", "_").upper()
             parser.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices, default=None, help=help_text,
-                                metavar=None if f.choices else f.flag.lstrip("-").replace("-", "_").upper())
+                                metavar=None if f.choices else metavar)
 
 
 def _default_text(f: Flag) -> str:
@@ -147,9 +154,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     preset = getattr(args, "augment__preset", None)
     config = TrainConfig(augment=AugmentConfig.from_preset(preset) if preset else AugmentConfig())
     aug_changes: dict[str, Any] = {}
+    path_lists = {f.field for f in TRAIN_FLAGS if f.path_list}
     for field, value in typed_values(args).items():
         if field == "augment.preset":
             continue
+        if field in path_lists:
+            value = read_exclusions(value)
         if field.startswith("augment."):
             aug_changes[field.split(".", 1)[1]] = value
         else:
@@ -170,12 +180,25 @@ def given_fields(args: argparse.Namespace) -> set[str]:
     return {field.split(".", 1)[0] for field in typed_values(args)}
 
 
+# A path-list flag's file, as `command_for` writes it. Its delimiter cannot end the list early: an image
+# path inside the dataset folder has a class folder before its name, so no line of it lacks a "/".
+LIST_FILE_END = "END_OF_LIST"
+
+
 def command_for(config: TrainConfig, launcher: str = "python -m tuner") -> str:
-    """The `train` command that reproduces `config`: only settings that differ from the defaults."""
+    """The `train` command that reproduces `config`: only settings that differ from the defaults.
+
+    A config with exclusions leaves out images the command line cannot name one by one (the studio's
+    can come from a data check, with no file behind them), so the command is preceded by a here-document
+    that writes them to exclude.txt, which `--exclude exclude.txt` then reads: pasted into a POSIX shell
+    it reproduces the run (on every node under torchrun, since each rank reads the file), and the list
+    is in plain sight. Rendering only `--exclude FILE` would lose the list; paths inline are no flag.
+    """
     default = TrainConfig()
     preset = config.augment.preset if config.augment.preset in AUGMENT_PRESETS else "light"
     base_aug = AugmentConfig.from_preset(preset)
     words = [*shlex.split(launcher), "train"]
+    files: list[str] = []
     for f in TRAIN_FLAGS:
         if f.field == "augment.preset":
             if preset != default.augment.preset:
@@ -190,9 +213,15 @@ def command_for(config: TrainConfig, launcher: str = "python -m tuner") -> str:
             continue
         if f.switch:
             words.append(f.flag if value else "--no-" + f.flag[2:])
+        elif f.path_list:
+            name = f.flag.lstrip("-") + ".txt"
+            files.append("\n".join([f"cat > {name} <<'{LIST_FILE_END}'", f"# The images the run leaves out, for "
+                                     f"{f.flag}: one path inside the dataset folder per line.",
+                                     *exclusion_lines(value), LIST_FILE_END]))
+            words += [f.flag, name]
         else:
             words += [f.flag, str(value)]
-    return shlex.join(words)
+    return "\n".join([*files, shlex.join(words)])
 
 
 def uncovered_config_fields() -> list[str]:

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 from ..errors import TunerError
 from .discover import FEW_IMAGES_WARNING, IMBALANCE_WARNING_RATIO, DatasetSpec, dataset_warnings
+from .exclusions import read_exclusions  # noqa: F401 (the exclude file's reader, here with what it feeds)
 
 SEVERITIES = ("problem", "note")
 
@@ -153,19 +154,15 @@ def relative_path(path: str, root: str | Path) -> str:
     return Path(path).relative_to(root).as_posix()
 
 
-def read_exclusions(path: str | Path) -> list[str]:
-    """An exclude file's paths: one per line, blank lines and '#' comments ignored."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TunerError(f"Cannot read the exclude file {path}: {exc}. Give a text file with one image path "
-                         "(inside the dataset folder) per line.") from None
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+def normalised_exclusions(paths: Iterable[str]) -> list[str]:
+    """Exclusion paths as `exclude_samples` matches them, sorted and once each (Path drops a leading ./
+    and doubled slashes): what reports and run metrics list."""
+    return sorted({Path(p).as_posix() for p in paths})
 
 
 def exclude_samples(spec: DatasetSpec, paths: Iterable[str]) -> DatasetSpec:
     """`spec` without the named images (dataset-relative paths); the split of the others is kept."""
-    wanted = {Path(p).as_posix() for p in paths}  # Path drops a leading ./ and doubled slashes
+    wanted = set(normalised_exclusions(paths))
     if not wanted:
         return spec
     known = {relative_path(s.path, spec.root) for s in spec.train + spec.val}

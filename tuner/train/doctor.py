@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -34,6 +33,7 @@ from ..data.health import (
     digest_groups,
     duplicate_findings,
     exclude_samples,
+    normalised_exclusions,
     relative_path,
 )
 from ..data.health_features import (
@@ -97,7 +97,7 @@ def doctor_events(config: TrainConfig, spec: DatasetSpec | None = None, exclude:
     paths = [relative_path(s.path, spec.root) for s in samples]
     labels = np.array([s.label for s in samples], dtype=np.int64)
     splits = ["train"] * len(spec.train) + ["val"] * len(spec.val)
-    report = Report(spec.root, spec.counts(), excluded=sorted({Path(p).as_posix() for p in exclude}))
+    report = Report(spec.root, spec.counts(), excluded=normalised_exclusions(exclude))
     report.findings += balance_findings(spec)
     report.checked.append(f"class balance of {len(spec.classes)} classes")
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.health import normalised_exclusions
 from ..errors import TunerError
 from ..events import EpochEnd, Event, Finished, Message, Progress
 from ..metrics import confusion_matrix, per_class_report
@@ -214,6 +215,7 @@ class Loop:
             "best_val_loss": best.best_val_loss if best.best_epoch else None,
             "final": self.history[-1] if self.history else None, "classes": list(session.spec.classes),
             "best": best.best_metrics, "weights": session.source.to_dict(), "device": session.runtime.describe(),
+            "excluded": normalised_exclusions(session.config.exclude),
         }
         self.folder.write_metrics(metrics)
         return Finished(status, epochs_done, metrics["best_val_acc"] or 0.0, best.best_epoch, str(self.folder.out),

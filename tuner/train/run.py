@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from ..config import TrainConfig
 from ..data.discover import DatasetSpec, dataset_folder, prepare_dataset
+from ..data.health import exclude_samples, normalised_exclusions
 from ..errors import TunerError
 from ..events import Event, Finished, Message, RunStarted
 from ..model.weights import WeightsSource, resolve_weights
@@ -84,6 +85,9 @@ def merge_resume_config(saved: dict[str, Any], asked: TrainConfig,
     make it a different run.
     """
     config = TrainConfig.from_dict(saved)
+    # Compared with the loaded config, not the saved dict: a setting newer than the checkpoint has its
+    # default there (an old run excluded nothing), and asking for that default changes nothing.
+    saved_values = config.to_dict()
     asked_values = asked.to_dict()
     given = set(asked_values) if given is None else set(given)
     ignored = []
@@ -91,15 +95,14 @@ def merge_resume_config(saved: dict[str, Any], asked: TrainConfig,
         value = asked_values[name]
         if name in RESUME_OVERRIDABLE:
             setattr(config, name, value)
-        elif value != saved.get(name):
+        elif value != saved_values[name]:
             ignored.append(name)
     return config.validate(), ignored
 
 
 def _events(config: TrainConfig, runtime: Runtime, spec: DatasetSpec | None, saved: dict[str, Any] | None,
             folder: RunFolder, stop_requested: Callable[[], bool], ignored: dict[str, Any]) -> Iterator[Event]:
-    if spec is None:
-        spec = _dataset_on_all_ranks(config, folder.out, runtime)
+    spec = _dataset_on_all_ranks(config, folder.out, runtime) if spec is None else exclude_samples(spec, config.exclude)
     if saved and list(saved["classes"]) != spec.classes:
         raise TunerError(f"The dataset's classes ({', '.join(spec.classes)}) differ from the checkpoint's "
                          f"({', '.join(saved['classes'])}): resume with the data the run started with.")
@@ -125,6 +128,8 @@ def _events(config: TrainConfig, runtime: Runtime, spec: DatasetSpec | None, sav
         yield Message("warning", f"Training on the CPU: {runtime.gpu_note}.")
     for text in spec.warnings:
         yield Message("warning", text)
+    if config.exclude:
+        yield Message("info", left_out_text(config, spec))
     if ignored:
         yield Message("warning", "Resuming keeps the run's own settings, so these were ignored: "
                       + ", ".join(f"{name}={value!r}" for name, value in ignored.items())
@@ -138,21 +143,32 @@ def _events(config: TrainConfig, runtime: Runtime, spec: DatasetSpec | None, sav
     yield from loop.run()
 
 
+def left_out_text(config: TrainConfig, spec: DatasetSpec) -> str:
+    """The log line of a run with exclusions. `exclude_samples` refused any path that is not one of the
+    dataset's images, so each distinct path left exactly one out."""
+    return (f"Left out {len(normalised_exclusions(config.exclude))} image(s) on the exclude list: training on "
+            f"{len(spec.train)} and validating on {len(spec.val)}.")
+
+
 def _dataset_on_all_ranks(config: TrainConfig, out: Path, runtime: Runtime) -> DatasetSpec:
-    """One process discovers and validates the dataset; under torchrun rank 0 does it and sends the
-    result, so every rank trains on the identical sample list (a second look could differ, and
-    ranks with different step counts would hang). Other nodes only materialise the demo data or an
-    unpacked zip at the same path, which the sample list refers to."""
+    """One process discovers and validates the dataset, less the config's exclusions; under torchrun
+    rank 0 does it and sends the result, so every rank trains on the identical sample list (a second
+    look could differ, and ranks with different step counts would hang). Other nodes only materialise
+    the demo data or an unpacked zip at the same path, which the sample list refers to."""
     if not runtime.distributed:
-        return prepare_dataset(config.data, out, config.val_ratio, config.seed)
+        return _dataset(config, out)
     if runtime.is_main:
-        box: list[Any] = [prepare_dataset(config.data, out, config.val_ratio, config.seed)]
+        box: list[Any] = [_dataset(config, out)]
     else:
         if runtime.local_rank == 0:
             dataset_folder(config.data, out)
         box = [None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _dataset(config: TrainConfig, out: Path) -> DatasetSpec:
+    return exclude_samples(prepare_dataset(config.data, out, config.val_ratio, config.seed), config.exclude)
 
 
 def _weights_on_all_ranks(config: TrainConfig, runtime: Runtime) -> WeightsSource:
