@@ -111,6 +111,16 @@ def test_every_kind_has_a_severity_a_title_and_a_one_sentence_fix():
         assert ". " not in kind.fix, name  # one sentence
 
 
+def test_a_finding_s_images_are_named_by_its_kind_and_only_where_leaving_them_out_is_the_fix():
+    report = Report("data", [], [Finding("exact_leak", 1, ["val/a/1.png"]), Finding("blurry", 2, ["a/4.png", "a/2.png"]),
+                                 Finding("small", 1, ["a/3.png"])])
+    assert report.flagged(["blurry", "exact_leak"]) == ["a/2.png", "a/4.png", "val/a/1.png"]
+    for kind in ("small", "wrong_label"):  # its fix is another (a smaller image size), or it was not found
+        with pytest.raises(TunerError, match=f"'{kind}' is not a finding of this check whose images can be left "
+                                             "out: choose from blurry, exact_leak"):
+            report.flagged([kind])
+
+
 def test_report_heads_with_a_count_of_problems_and_notes_and_lists_what_to_exclude():
     report = Report("data", [], [Finding("exact_leak", 1, ["val/a/1.png"]), Finding("wrong_label", 2, ["a/2.png", "b/3.png"]),
                                  Finding("imbalance", 2), Finding("blurry", 1, ["a/4.png"])])

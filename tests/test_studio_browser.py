@@ -146,7 +146,20 @@ def test_newcomer_goes_from_data_to_prediction_by_clicking(studio_url, page):
     expect(page.locator("#augmented img").first).to_be_visible()
     expect(page.locator("#class-counts .js-plotly-plot")).to_be_visible()
     no_error_shown(page)
+    # Check data: findings with example thumbnails, and (offline, no pretrained weights) what was not checked.
+    page.locator("#check-data").click()
+    expect(page.locator("#check-status")).to_contain_text("Checked 192 images", timeout=TRAIN_MS)
+    expect(page.locator("#check-summary")).to_contain_text("Not checked: near duplicates, outliers and wrong labels")
+    expect(page.locator("#check-findings")).to_contain_text(re.compile(r"problem|note"))
+    expect(page.locator("#check-examples img").first).to_be_visible()
+    # One click leaves a finding's images out of training; another keeps them all again.
+    page.locator("#exclude-findings label").first.click()
+    page.locator("#exclude-apply").click()
+    expect(page.locator("#excluded")).to_contain_text(re.compile(r"\d+ images? left out of training"))
+    no_error_shown(page)
     shot(page, "2-data")
+    page.locator("#exclude-keep").click()
+    expect(page.locator("#excluded")).to_contain_text("No image is left out of training.")
 
     # Train: one epoch at 32 px, typed into the sliders' number boxes; then the curves and "Finished".
     open_tab(page, "Train")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..data.health import Report, read_exclusions
+from ..data.health import Report, example_note, read_exclusions
 from ..errors import TunerError, rename_settings
 from ..events import drain
 from ..paths import atomic_write
@@ -55,9 +55,8 @@ def report_text(report: Report, writing_exclusions: bool = False) -> str:
         lines += ["", f"{finding['severity']}: {finding['title']} ({finding['count']})"]
         lines += [f"  {flags(text)}" for text in (finding["detail"], "Fix: " + finding["fix"]) if text]
         for path in finding["examples"]:
-            related = finding["related"].get(path)
-            word = "suggested class" if finding["kind"] == "wrong_label" else "matches"
-            lines.append(f"  - {path}" + (f"  ({word} {related})" if related else ""))
+            note = example_note(finding["kind"], finding["related"].get(path))
+            lines.append(f"  - {path}" + (f"  ({note})" if note else ""))
         more = len(finding["paths"]) - len(finding["examples"])
         if more > 0:
             lines.append(f"  ... and {more} more (--json lists them all)")

@@ -135,17 +135,41 @@ class Report:
                     f"{notes} note{'' if notes == 1 else 's'}")
         return text + (" (stopped before every check ran)" if self.stopped else "")
 
+    def flagged(self, kinds: Iterable[str]) -> list[str]:
+        """The images of these findings (named by kind), for an exclude list; a kind whose fix is not to
+        leave images out (small, odd_aspect, ...), or that this report did not find, is refused."""
+        found = {f.kind: f for f in self.findings}
+        paths: set[str] = set()
+        for kind in kinds:
+            if kind not in found or not KINDS[kind].excludable:
+                excludable = sorted(k for k in found if KINDS[k].excludable)
+                raise TunerError(f"{kind!r} is not a finding of this check whose images can be left out: choose "
+                                 f"from {', '.join(excludable) or 'none (nothing to exclude)'}.")
+            paths.update(found[kind].paths)
+        return sorted(paths)
+
     def exclusions(self, severities: Sequence[str] = ("problem",)) -> list[str]:
         """The images an exclude file should list: those of excludable findings of these severities."""
         paths = {p for f in self.findings if f.severity in severities and KINDS[f.kind].excludable for p in f.paths}
         return sorted(paths)
 
-    def to_dict(self) -> dict:
+    def ordered(self) -> list[Finding]:
+        """The findings as every reader lists them: problems first, then the most images first."""
         order = {s: i for i, s in enumerate(SEVERITIES)}
-        findings = sorted(self.findings, key=lambda f: (order[f.severity], -f.count))
+        return sorted(self.findings, key=lambda f: (order[f.severity], -f.count))
+
+    def to_dict(self) -> dict:
         return {"summary": self.summary(), "root": self.root, "counts": self.counts,
-                "findings": [f.to_dict() for f in findings], "checked": self.checked, "skipped": self.skipped,
+                "findings": [f.to_dict() for f in self.ordered()], "checked": self.checked, "skipped": self.skipped,
                 "excluded": self.excluded, "stopped": self.stopped, "exclude": self.exclusions()}
+
+
+def example_note(kind: str, related: str | None) -> str:
+    """How a flagged image's other copy or suggested class is said ('matches train/a.png',
+    'suggested class dogs'); '' when the finding names neither."""
+    if not related:
+        return ""
+    return f"{'suggested class' if kind == 'wrong_label' else 'matches'} {related}"
 
 
 # ---- exclusions --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..config import AugmentConfig
 from .discover import DatasetSpec, Sample
+from .health import KINDS, Report, example_note, relative_path
 from .images import load_rgb
 from .sampling import sample_seed, seeded
 from .transforms import MEAN, STD, train_transform
@@ -44,6 +45,20 @@ def thumbnail(path: str, size: int = 160) -> Image.Image:
 def sample_grid(spec: DatasetSpec, per_class: int = 3, thumb: int = 160) -> list[Captioned]:
     """Thumbnails of the picked samples, captioned with their class."""
     return [(thumbnail(sample.path, thumb), spec.classes[sample.label]) for sample in pick_samples(spec, per_class)]
+
+
+def findings_grid(report: Report, spec: DatasetSpec, thumb: int = 160) -> list[Captioned]:
+    """Thumbnails of each finding's examples (problems first), captioned with the image's dataset-relative
+    path, its other copy or suggested class, and the finding. Skipped files have no picture to show."""
+    files = {relative_path(s.path, spec.root): s.path for s in spec.train + spec.val}
+    out = []
+    for finding in report.ordered():
+        for path in finding.examples:
+            if path in files:
+                note = example_note(finding.kind, finding.related.get(path))
+                out.append((thumbnail(files[path], thumb),  # the path first: a long caption is cut short
+                            path + (f" ({note})" if note else "") + f" · {KINDS[finding.kind].title}"))
+    return out
 
 
 def to_display(x: torch.Tensor) -> Image.Image:

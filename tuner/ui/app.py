@@ -10,6 +10,7 @@ import gradio as gr
 
 from ..paths import ASSETS
 from .common import LIGHT, Studio, StudioSettings
+from .tabs import check as check_tab
 from .tabs import data as data_tab
 from .tabs import evaluate as evaluate_tab
 from .tabs import export as export_tab
@@ -19,8 +20,9 @@ from .tabs import train as train_tab
 
 CSS_FILE = ASSETS / "studio.css"
 INTRO = ("# tuner: fine-tune ResNet50 on your images\n"
-         "**1 Model**: weights, layers and freeze depth · **2 Data**: demo set or your .zip · **3 Train**: live "
-         "curves, stop and resume · **4 Evaluate**: mistakes · **5 Predict** · **6 Export**: .pth, ONNX, TensorRT")
+         "**1 Model**: weights, layers and freeze depth · **2 Data**: demo set or your .zip, and a check of it · "
+         "**3 Train**: live curves, stop and resume · **4 Evaluate**: mistakes · **5 Predict** · **6 Export**: .pth, "
+         "ONNX, TensorRT")
 
 
 def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
@@ -37,6 +39,7 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
                 model = model_tab.build(studio)
             with gr.Tab("Data", id="data"):
                 data = data_tab.build(studio)
+                check = check_tab.build(studio)
             with gr.Tab("Train", id="train"):
                 training = train_tab.build(studio, model["trainable"])
             with gr.Tab("Evaluate", id="evaluate"):
@@ -47,6 +50,8 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
                 export_tab.build(studio, heavy)
         data_tab.wire(studio, data, training["form"])
         train_tab.wire(studio, training, data["val_ratio"], heavy)
+        # The check and the exclusions belong to the data they were made on: a data load resets them.
+        data["loaded"].success(**check_tab.wire(studio, check, training["form"], training["stop_training"], heavy))
         demo.load(**model["inspect_event"])
         # The head is sized for the loaded classes: the Model tab follows every data load (the page's own too).
         follow_data = dict(model["inspect_event"], api_name=False, show_progress="hidden")

@@ -53,6 +53,8 @@ class Workspace:
     data_label: str = ""  # how the UI names it (never a server path)
     classes: list[str] = field(default_factory=list)  # of the loaded dataset
     spec: Any = None  # the loaded dataset's DatasetSpec: the augmentation preview reuses it (no re-reading)
+    report: Any = None  # the last data check's Report on the loaded dataset
+    exclude: list[str] = field(default_factory=list)  # images of it that training leaves out (dataset-relative)
     weights: str = "imagenet"  # "imagenet", "random" or a weights file inside this workspace
     weights_label: str = "ImageNet (torchvision IMAGENET1K_V1)"
     run_dir: Path | None = None  # the current run (Resume continues it)
@@ -190,6 +192,7 @@ class Workspace:
             if self.classes and self.classes != list(classes) and self.run_dir is not None:
                 self.run_dir = None  # a new class list cannot resume the old run
             self.data_source, self.data_label, self.classes, self.spec = data_source, label, list(classes), spec
+            self.report, self.exclude = None, []  # both name images of the data loaded before
         finally:
             self._busy.release()
 

@@ -159,9 +159,10 @@ class TrainForm:
 
 def settings_text(config: TrainConfig) -> str:
     """A run's settings as the flags of `python -m tuner train`, those that differ from the defaults (the data,
-    output folder and weights are said elsewhere in the log)."""
+    output folder, weights and left-out images are said elsewhere in the log)."""
     default = TrainConfig()
-    shown = dataclasses.replace(config, data=default.data, out=default.out, weights=default.weights)
+    shown = dataclasses.replace(config, data=default.data, out=default.out, weights=default.weights,
+                                exclude=default.exclude)
     flags = command_for(shown).removeprefix("python -m tuner train").strip()
     return flags or "the defaults"
 
@@ -266,8 +267,10 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
     def settings_for(values: dict, val_ratio: float, workspace, out: str) -> TrainConfig:
         if not workspace.data_source:
             raise TunerError("No data loaded yet: open the Data tab and press Load data (the demo set works offline).")
+        # The images the Data tab's check left out (TrainConfig.exclude); given only when there are some.
+        exclude = {"exclude": list(workspace.exclude)} if workspace.exclude else {}
         return form.config(values, data=workspace.data_source, out=out, weights=workspace.weights,
-                           val_ratio=float(val_ratio))
+                           val_ratio=float(val_ratio), **exclude)
 
     def stopped_while_queued(verb: str) -> tuple:
         """The outputs of a Start/Resume that Stop cancelled while it waited for a free slot."""
