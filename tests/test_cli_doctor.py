@@ -13,7 +13,8 @@ from conftest import TINY_SIZE, make_image_folder
 from test_health import planted_dataset
 
 from tuner.cli.parser import main as cli_main
-from tuner.data.health import KINDS, read_exclusions
+from tuner.data.exclusions import read_exclusions
+from tuner.data.health import KINDS
 from tuner.train import doctor
 
 FAST = ["--weights", "random", "--image-size", str(TINY_SIZE)]

@@ -22,7 +22,9 @@ from conftest import TINY_SIZE
 from PIL import Image, ImageFilter
 
 from tuner.config import AugmentConfig, TrainConfig
+from tuner.data import health_features as hf
 from tuner.data.discover import discover_dataset
+from tuner.data.exclusions import read_exclusions
 from tuner.data.health import (
     KINDS,
     SEVERITIES,
@@ -30,10 +32,8 @@ from tuner.data.health import (
     Report,
     duplicate_findings,
     exclude_samples,
-    read_exclusions,
 )
 from tuner.data.health_images import pixel_stats, sharpness
-from tuner.data import health_features as hf
 from tuner.errors import TunerError
 from tuner.events import PHASES, Progress, StageStarted, drain
 from tuner.train.doctor import check_dataset

@@ -4,6 +4,7 @@ out on whichever path it gets its data, says so, lists them in metrics.json and 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tuner.cli.parser import build_parser
 from tuner.cli.parser import main as cli_main
 from tuner.config import TrainConfig
 from tuner.data.discover import prepare_dataset
-from tuner.data.health import read_exclusions
+from tuner.data.exclusions import read_exclusions
 from tuner.errors import TunerError
 from tuner.events import Message, RunStarted
 from tuner.model.checkpoint import load_checkpoint, save_checkpoint
@@ -120,17 +121,24 @@ def test_the_shown_command_writes_the_list_and_reproduces_the_config(tmp_path, m
     launcher = f"{shlex.quote(sys.executable)} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'"
     command = command_for(config, launcher=launcher)
     shown = command_for(config)
-    assert shown.splitlines()[0] == "cat > exclude.txt <<'END_OF_LIST'"
+    name = shown.splitlines()[-1].split()[-1]
+    assert re.fullmatch(r"exclude-[0-9a-f]{8}\.txt", name)
+    assert shown.splitlines()[0] == f"(set -C; cat > {name}) <<'END_OF_LIST'"
     assert shown.splitlines()[-1] == "python -m tuner train --data photos --out 'runs/x y' --epochs 3 " \
-        "--exclude exclude.txt"
+        f"--exclude {name}"
     done = subprocess.run(["sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, check=True)
     args = build_parser().parse_args(json.loads(done.stdout))  # "train" and its flags
-    monkeypatch.chdir(tmp_path)  # where the command ran: --exclude exclude.txt is read from there
-    assert read_exclusions(tmp_path / "exclude.txt") == ["train/cats/01.jpg", "train/dogs/a b.jpg", "./#tagged/02.jpg"]
+    monkeypatch.chdir(tmp_path)  # where the command ran: --exclude is read from there
+    assert read_exclusions(tmp_path / name) == ["train/cats/01.jpg", "train/dogs/a b.jpg", "./#tagged/02.jpg"]
     rebuilt = config_from_args(args)
     assert [Path(p).as_posix() for p in rebuilt.exclude] == config.exclude
     assert rebuilt == TrainConfig(data="photos", out="runs/x y", epochs=3, exclude=rebuilt.exclude)
     assert "exclude" not in command_for(TrainConfig(epochs=3))  # no list, no file
+    # Pasted again, the command leaves the file as it is (noclobber), and a user's own exclude.txt is never
+    # the file it writes.
+    (tmp_path / name).write_text("mine\n")
+    subprocess.run(["sh", "-c", command], cwd=tmp_path, capture_output=True, text=True)
+    assert (tmp_path / name).read_text() == "mine\n"
 
 
 def test_doctor_writes_the_list_and_train_leaves_those_images_out(planted, tmp_path, capsys):  # noqa: F811

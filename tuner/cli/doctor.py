@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..data.health import Report, example_note, read_exclusions
+from ..data.exclusions import exclusion_lines, read_exclusions
+from ..data.health import Report, example_note
 from ..errors import TunerError, rename_settings
 from ..events import drain
 from ..paths import atomic_write
@@ -87,5 +88,5 @@ def write_exclusions(path: str, report: Report) -> None:
               f"# Written by `tuner doctor --write-exclude` ({report.summary()}); `tuner train --exclude` "
               "trains without these images and `tuner doctor --exclude` checks the data without them. Lines "
               "starting with # are ignored: delete a line to keep that image."]
-    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(header + paths) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(header + exclusion_lines(paths)) + "\n"))
     print(f"Wrote {len(paths)} image path(s) to {path}.", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -190,7 +191,7 @@ def command_for(config: TrainConfig, launcher: str = "python -m tuner") -> str:
 
     A config with exclusions leaves out images the command line cannot name one by one (the studio's
     can come from a data check, with no file behind them), so the command is preceded by a here-document
-    that writes them to exclude.txt, which `--exclude exclude.txt` then reads: pasted into a POSIX shell
+    that writes them to exclude-<hash>.txt, which `--exclude exclude-<hash>.txt` then reads: pasted into a POSIX shell
     it reproduces the run (on every node under torchrun, since each rank reads the file), and the list
     is in plain sight. Rendering only `--exclude FILE` would lose the list; paths inline are no flag.
     """
@@ -214,10 +215,12 @@ def command_for(config: TrainConfig, launcher: str = "python -m tuner") -> str:
         if f.switch:
             words.append(f.flag if value else "--no-" + f.flag[2:])
         elif f.path_list:
-            name = f.flag.lstrip("-") + ".txt"
-            files.append("\n".join([f"cat > {name} <<'{LIST_FILE_END}'", f"# The images the run leaves out, for "
-                                     f"{f.flag}: one path inside the dataset folder per line.",
-                                     *exclusion_lines(value), LIST_FILE_END]))
+            # Named by its content and written with noclobber: pasting the command never overwrites a
+            # file of the user's, and a file already there under that name holds this same list.
+            lines = [f"# The images the run leaves out, for {f.flag}: one path inside the dataset folder per line.",
+                     *exclusion_lines(value)]
+            name = f"{f.flag.lstrip('-')}-{hashlib.sha256(chr(10).join(lines).encode()).hexdigest()[:8]}.txt"
+            files.append("\n".join([f"(set -C; cat > {name}) <<'{LIST_FILE_END}'", *lines, LIST_FILE_END]))
             words += [f.flag, name]
         else:
             words += [f.flag, str(value)]

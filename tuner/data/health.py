@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import TunerError
-from .discover import FEW_IMAGES_WARNING, IMBALANCE_WARNING_RATIO, DatasetSpec, dataset_warnings
-from .exclusions import read_exclusions  # noqa: F401 (the exclude file's reader, here with what it feeds)
+from .discover import (
+    FEW_IMAGES_WARNING,
+    IMBALANCE_WARNING_RATIO,
+    DatasetSpec,
+    dataset_warnings,
+)
 
 SEVERITIES = ("problem", "note")
 

@@ -3,7 +3,7 @@
 On a CPU the model runs through ONNX Runtime when it is installed (backend 'auto'), which is faster
 than eager PyTorch at batch 1 (README.md's Speed section and bench/results/ have the figures). The ONNX
 file is exported from the checkpoint's own model on first use and cached by its weights (see
-`onnx_runtime`); if that fails, prediction runs eagerly and `backend_note` says why.
+`tuner.export.ort`); if that fails, prediction runs eagerly and `backend_note` says why.
 """
 
 from __future__ import annotations

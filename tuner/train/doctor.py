@@ -158,7 +158,7 @@ def _features(config: TrainConfig, spec: DatasetSpec, report: Report, stopped: C
     if not source.pretrained:
         # A random backbone's features are chaotic (a re-encoded JPEG lands as far from its original as
         # another image does): neighbours and cross-validated labels would be noise, reported as findings.
-        fix = f"to fix: {source.fix}" if source.fix else "weights='random' was asked"
+        fix = f"to fix: {source.fix}" if source.fix else "random weights were asked for"
         report.skipped.append("near duplicates, outliers and wrong labels: these need a pretrained backbone's "
                               f"features, and there is none ({fix})")
         yield Message("warning", f"Skipped {report.skipped[-1]}.")

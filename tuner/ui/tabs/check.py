@@ -92,7 +92,9 @@ def wire(studio: Studio, panel: dict, form: TrainForm, stop_job, heavy_limit: in
         covered = set(report.flagged(chosen))
         images = {relative_path(s.path, workspace.spec.root) for s in workspace.spec.train + workspace.spec.val}
         flagged = sorted({p for f in report.findings for p in f.paths if p in images} | set(exclude))
-        data = dict(report.to_dict(), root=workspace.data_label)  # the user's name for it, never a server folder
+        # The user's name for the data, never a server folder; reasons (a missing weights file's fix) scrubbed too.
+        data = dict(report.to_dict(), root=workspace.data_label,
+                    skipped=[studio.public(reason, workspace) for reason in report.skipped])
         return (progress_html(done, 1, 1), studio.public("\n\n".join(lines), workspace), findings_table(report),
                 findings_grid(report, workspace.spec),
                 gr.update(choices=[(f"{KINDS[f.kind].title} ({f.count})", f.kind) for f in excludable], value=chosen),
@@ -107,7 +109,9 @@ def wire(studio: Studio, panel: dict, form: TrainForm, stop_job, heavy_limit: in
             train = form.config(settings)  # the Train tab's image size, batch size, seed and device
             config = doctor_config(workspace.data_source, str(workspace.root), train.image_size, workspace.weights,
                                    seed=train.seed, batch_size=train.batch_size, device=train.device)
-            events = doctor_events(config, spec=workspace.spec, stop=workspace.stop)
+            # Without the images already left out, as `tuner doctor --exclude` checks: what remains is the data
+            # the next run trains on.
+            events = doctor_events(config, spec=workspace.spec, exclude=workspace.exclude, stop=workspace.stop)
             last_draw = 0.0
             while True:
                 try:

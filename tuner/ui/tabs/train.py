@@ -319,7 +319,8 @@ def build(studio: Studio, trainable: gr.Radio) -> dict:
         data = "demo" if workspace.data_source in ("", "demo") else f"path/to/{workspace.data_label}"
         weights = workspace.weights if workspace.weights in ("imagenet", "random") else \
             f"path/to/{workspace.weights_label.removeprefix('your file ')}"
-        config = form.config(values, data=data, out="runs/my-model", weights=weights, val_ratio=float(val_ratio))
+        config = form.config(values, data=data, out="runs/my-model", weights=weights, val_ratio=float(val_ratio),
+                             exclude=list(workspace.exclude))
         single = command_for(config)
         multi = command_for(config, launcher="torchrun --nproc_per_node=NUM_GPUS -m tuner")
         across = command_for(config, launcher="torchrun --nnodes=2 --node_rank=NODE_RANK --nproc_per_node=NUM_GPUS "
