@@ -79,7 +79,9 @@ def test_quick_bench_reports_every_item_with_consistent_numbers(quick_report, tm
     assert any(c.startswith("labels, by") for c in doctor["checked"])
     assert any(c.startswith("near duplicates") for c in doctor["checked"])
     assert doctor["check_cache_dir"] != doctor["training_cache_dir"] and not doctor["check_features_from_disk"]
-    assert sum(doctor["check_phases_s"].values()) == pytest.approx(doctor["check_seconds"][-1], abs=0.01)
+    for phases, seconds in zip(doctor["check_phases_s"], doctor["check_seconds"], strict=True):
+        assert sum(phases.values()) == pytest.approx(seconds, abs=0.01)
+    assert len(doctor["training_breakdown_s"]) == settings.repeats and doctor["typical_repeat"] == 0
     rows = report["cpu_settings"]["rows"]
     assert len(rows) == 4 and all(r["speedup"]["median"] > 0 for r in rows.values())
 
