@@ -21,8 +21,8 @@ from tuner.bench.gpu import (
 )
 from tuner.bench.machine import machine_info
 from tuner.bench.report import format_table, write_report
-from tuner.bench.settings import TARGETS, BenchSettings
-from tuner.bench.suite import run_bench
+from tuner.bench.settings import TARGETS, BenchSettings, settings_from_args
+from tuner.bench.suite import build_parser, run_bench
 from tuner.bench.timing import time_breakdown, train_phase_seconds
 from tuner.cli import main
 from tuner.events import Progress, StageStarted
@@ -47,16 +47,20 @@ def test_quick_bench_reports_every_item_with_consistent_numbers(quick_report, tm
     report, settings = quick_report
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["cpu"] and machine["torch"] == torch.__version__
-    assert [i["id"] for i in report["items"]] == ["head", "predict", "finetune", "gpu"]
+    assert [i["id"] for i in report["items"]] == ["head", "predict", "finetune", "gpu", "doctor"]
     for entry in report["items"]:
         if entry["skipped"]:
             continue
         assert entry["tuner"] > 0 and entry["plain"] > 0
         assert len(entry["ratios"]) == settings.repeats
+        target = TARGETS[entry["id"]]
+        if entry["id"] == "doctor":  # check/training time, at most its target
+            assert entry["ratio"] == pytest.approx(entry["tuner"] / entry["plain"], rel=1e-9)
+            assert entry["met"] is (entry["ratio"] <= target)
+            continue
         # One repeat: the ratio is the two values' ratio, oriented so that above 1 means tuner is faster.
         faster = entry["tuner"] / entry["plain"] if entry["unit"] == "img/s" else entry["plain"] / entry["tuner"]
         assert entry["ratio"] == pytest.approx(faster, rel=1e-9)
-        target = TARGETS[entry["id"]]
         ok = entry["ratio"] >= target and entry["details"].get("accuracy_ok", True)
         assert entry["met"] is ok
     gpu = item(report, "gpu")
@@ -67,13 +71,25 @@ def test_quick_bench_reports_every_item_with_consistent_numbers(quick_report, tm
     runtimes = item(report, "finetune")["details"]["tuner_runtime"]
     assert len(runtimes) == settings.repeats
     assert all("channels_last measured" in r for r in runtimes) != torch.cuda.is_available()
+    # The data check ran whole (the feature checks too) on its own images, each side from its own cold cache,
+    # and its phases add up to its wall time.
+    doctor = item(report, "doctor")["details"]
+    assert doctor["images"] == settings.doctor_images and doctor["image_size"] == settings.doctor_image_size
+    assert any(c.startswith("outliers") for c in doctor["checked"])
+    assert any(c.startswith("labels, by") for c in doctor["checked"])
+    assert any(c.startswith("near duplicates") for c in doctor["checked"])
+    assert doctor["check_cache_dir"] != doctor["training_cache_dir"] and not doctor["check_features_from_disk"]
+    for phases, seconds in zip(doctor["check_phases_s"], doctor["check_seconds"], strict=True):
+        assert sum(phases.values()) == pytest.approx(seconds, abs=0.01)
+    assert len(doctor["training_breakdown_s"]) == settings.repeats and doctor["typical_repeat"] == 0
     rows = report["cpu_settings"]["rows"]
     assert len(rows) == 4 and all(r["speedup"]["median"] > 0 for r in rows.values())
 
     path = write_report(report, tmp_path / "bench.json")
     assert json.loads(path.read_text())["items"][0]["id"] == "head"
     table = format_table(report)
-    assert table.count("\n| 1 |") == 1 and "| 3 |" in table
+    assert table.count("\n| 1 |") == 1 and "| 3 |" in table and "| 5 | data check" in table
+    assert "Item 5, where the time went" in table
     assert (NO_GPU in table) != torch.cuda.is_available()
 
 
@@ -141,6 +157,14 @@ def test_bad_settings_are_refused_with_the_fix(capsys):
     assert "choose from head,predict" in capsys.readouterr().err.replace(", ", ",")
     assert main(["bench", "--quick", "--train-per-class", "4", "--batch-size", "3"]) == 2
     assert "last batch of one image" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--doctor-images", "8"]) == 2
+    assert "doctor_images=8: use at least 20" in capsys.readouterr().err
+
+
+def test_image_size_sets_every_item_the_data_check_included():
+    assert settings_from_args(build_parser().parse_args([])).doctor_image_size == 128  # issue 16's size
+    settings = settings_from_args(build_parser().parse_args(["--image-size", "96", "--doctor-images", "200"]))
+    assert (settings.image_size, settings.doctor_image_size, settings.doctor_split) == (96, 96, (40, 10))
 
 
 def test_the_table_says_how_torch_compile_did_on_the_gpu_or_why_it_was_left_out():

@@ -16,12 +16,16 @@ from .timing import spread
 
 def item_entry(item_id: str, name: str, unit: str, tuner: float | None, plain: float | None, ratios: list[float],
                met: bool | None, target: str, higher_is_better: bool = False, skipped: str = "",
-               tuner_text: str = "", plain_text: str = "", details: dict[str, Any] | None = None) -> dict[str, Any]:
+               tuner_text: str = "", plain_text: str = "", details: dict[str, Any] | None = None,
+               ratio_means: str = "") -> dict[str, Any]:
+    """One item's result; `ratios` are oriented by the caller, as `ratio_means` says (by default the
+    speed-up of tuner over plain: tuner/plain for rates, plain/tuner for times)."""
     fmt = (lambda v: f"{v:.1f} {unit}") if unit != "img/s" else (lambda v: f"{v:.2f} {unit}")
     return {"id": item_id, "name": name, "unit": unit, "tuner": tuner, "plain": plain,
             "ratio": statistics.median(ratios) if ratios else None,
             "ratio_spread": spread(ratios) if ratios else None, "ratios": ratios,
-            "ratio_means": "tuner/plain" if higher_is_better else "plain/tuner (time: above 1 means tuner is faster)",
+            "ratio_means": ratio_means or ("tuner/plain" if higher_is_better
+                                           else "plain/tuner (time: above 1 means tuner is faster)"),
             "target": target, "met": met, "skipped": skipped or None,
             "tuner_text": tuner_text or (fmt(tuner) if tuner is not None else ""),
             "plain_text": plain_text or (fmt(plain) if plain is not None else ""),
@@ -56,6 +60,14 @@ def format_table(report: dict[str, Any]) -> str:
                              "uses the faster of the two).")
             elif skipped:
                 extra.append(f"Item 4 without torch.compile: {skipped}")
+        if item["id"] == "doctor":
+            d = item["details"]
+            r = d["typical_repeat"]
+            extra.append(f"Item 5, where the time went (repeat {r + 1}, the median ratio's): check "
+                         f"{_seconds(d['check_phases_s'][r])}; training {_seconds(d['training_breakdown_s'][r])}. "
+                         f"The check ran {len(d['checked'])} checks "
+                         f"({d['check_summary']}), the feature checks included (the backbone is given as a weights "
+                         "file).")
     settings = report.get("cpu_settings")
     if settings:
         extra.append("")
@@ -71,6 +83,10 @@ def format_table(report: dict[str, Any]) -> str:
                  f"Repeats: {report['settings']['repeats']} (ratios are medians). {report['date']}; load average "
                  f"(1 min) {_load_text(report)}.")
     return "\n".join(lines + ([""] + extra if extra else []))
+
+
+def _seconds(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
 
 
 def _load_text(report: dict[str, Any]) -> str:

@@ -12,6 +12,8 @@
 4. on a CUDA GPU: training images/s with tuner's GPU settings (mixed precision, channels_last, cuDNN
    autotuning, pinned memory and non-blocking copies) against plain FP32 eager, and the share of the
    GPU's peak that reaches;
+5. the data check (`tuner doctor`, issue 16) against one head-only training run of tuner at its
+   defaults on the same images (1,000 at 128 px), each from cold caches: wall time, check/training;
 
 plus the measurements behind tuner's CPU defaults (channels_last, bf16 autocast, loader workers).
 
@@ -40,6 +42,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import TunerError
 from .cpu_settings import bench_settings
+from .doctor import bench_doctor
 from .gpu import bench_gpu, remember_default_flags
 from .machine import load_average, machine_info
 from .predict import bench_predict
@@ -52,7 +55,7 @@ BENCH_VERSION = 1
 
 RUNNERS: dict[str, Callable[[BenchContext], dict[str, Any]]] = {
     "head": bench_head_only, "predict": bench_predict, "finetune": bench_finetune, "gpu": bench_gpu,
-    "settings": bench_settings}
+    "doctor": bench_doctor, "settings": bench_settings}
 
 
 def run_bench(settings: BenchSettings, workdir: str | os.PathLike | None = None,

@@ -23,6 +23,13 @@ def alternate(r: int, plain: Callable[[], Any], ours: Callable[[], Any]) -> tupl
     return plain(), t
 
 
+def alternate_runs(repeats: int, plain: Callable[[int], Any], ours: Callable[[int], Any]) -> tuple[list, list]:
+    """Both sides `repeats` times (each called with the repeat's number), alternating as `alternate`
+    does; returns each side's results in repeat order."""
+    pairs = [alternate(r, lambda: plain(r), lambda: ours(r)) for r in range(repeats)]
+    return [p for p, _ in pairs], [t for _, t in pairs]
+
+
 def latency_blocks(settings: BenchSettings, plain: Callable[[], Any], ours: Callable[[], Any]):
     """Median latency (ms) of blocks of calls, plain and tuner alternating block by block."""
     s = settings

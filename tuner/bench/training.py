@@ -11,7 +11,7 @@ from ..events import RunStarted
 from .plain import plain_train
 from .report import item_entry
 from .settings import TARGETS
-from .timing import alternate, train_phase_seconds
+from .timing import alternate, alternate_runs, train_phase_seconds
 from .tuner_side import fast_path, tuner_config, tuner_train
 from .workspace import BenchContext
 
@@ -19,24 +19,20 @@ from .workspace import BenchContext
 def bench_head_only(ctx: BenchContext) -> dict[str, Any]:
     """Item 1: head-only training for `epochs` epochs, wall time and best validation accuracy."""
     s = ctx.settings
-    ratios, tuner_s, plain_s, runs = [], [], [], []
-    for r in range(s.repeats):
-        def plain() -> dict[str, Any]:
-            return plain_train(ctx.data, ctx.weights, s.image_size, s.epochs, s.batch_size, head_only=True,
-                               seed=s.seed)
 
-        def ours() -> dict[str, Any]:
-            config = tuner_config(ctx.data, ctx.work / f"head-{r}", ctx.weights, ctx.settings, trainable="head",
-                                  epochs=s.epochs)
-            return tuner_train(config, ctx.work / f"home-head-{r}")
+    def plain(r: int) -> dict[str, Any]:
+        return plain_train(ctx.data, ctx.weights, s.image_size, s.epochs, s.batch_size, head_only=True, seed=s.seed)
 
-        p, t = alternate(r, plain, ours)
-        ratios.append(p["seconds"] / t["seconds"])
-        tuner_s.append(t["seconds"])
-        plain_s.append(p["seconds"])
-        runs.append((p, t))
+    def ours(r: int) -> dict[str, Any]:
+        config = tuner_config(ctx.data, ctx.work / f"head-{r}", ctx.weights, ctx.settings, trainable="head",
+                              epochs=s.epochs)
+        return tuner_train(config, ctx.work / f"home-head-{r}")
+
+    plains, tuners = alternate_runs(s.repeats, plain, ours)
+    plain_s, tuner_s = [p["seconds"] for p in plains], [t["seconds"] for t in tuners]
+    ratios = [p / t for p, t in zip(plain_s, tuner_s)]
     # The accuracies of the last repeat are reported (every repeat trains the same way: same seed).
-    p, t = runs[-1]
+    p, t = plains[-1], tuners[-1]
     plain_path = ctx.work / "head-plain-best.pth"
     torch.save(p["best_state"], plain_path)
     tolerance = 1.0 / p["n_val"]  # one validation image
