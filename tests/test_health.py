@@ -217,7 +217,7 @@ def test_planted_near_copies_are_found_as_duplicates_conflicts_and_leaks():
     n = len(labels)
     sims, index = drain(hf.nearest_neighbours(hf.normalise(features)))
     threshold = hf.near_duplicate_similarity(sims)
-    groups = hf.near_duplicate_groups(sims, index, threshold)
+    groups = hf.near_duplicate_pairs(sims, index, threshold)
     assert sorted(sorted(g) for g in groups) == [[0, n - 4], [1, n - 3], [70, n - 2], [130, n - 1]]
     paths = [f"img{i}" for i in range(n)]
     splits = ["train"] * n
@@ -229,7 +229,19 @@ def test_planted_near_copies_are_found_as_duplicates_conflicts_and_leaks():
     # Exact copies are the pixel check's: marked the same, they do not link here.
     digests = [str(i) for i in range(n)]
     digests[n - 4] = digests[0]
-    assert [0, n - 4] not in [sorted(g) for g in hf.near_duplicate_groups(sims, index, threshold, same=digests)]
+    assert [0, n - 4] not in [sorted(g) for g in hf.near_duplicate_pairs(sims, index, threshold, same=digests)]
+
+
+def test_near_copies_do_not_chain_into_one_group():
+    # A is near B and B near C, but A is not near C: only B and C (different classes) conflict, and A
+    # is a plain near-copy of B, never called a copy of C.
+    sims = np.array([[0.97, 0.0], [0.976, 0.97], [0.976, 0.0]], dtype=np.float32)
+    index = np.array([[1, 2], [2, 0], [1, 0]])
+    pairs = hf.near_duplicate_pairs(sims, index, threshold=0.965)
+    assert pairs == [[0, 1], [1, 2]]
+    found = {f.kind: f for f in duplicate_findings(pairs, ["A", "B", "C"], [0, 0, 1], ["train"] * 3, ["x", "y"], "near")}
+    assert found["near_conflict"].paths == ["B", "C"] and "A" not in found["near_conflict"].related
+    assert found["near_duplicate"].paths == ["B"] and found["near_duplicate"].related["B"] == "A"
 
 
 def test_a_planted_outlier_is_the_only_one_found():

@@ -225,32 +225,36 @@ def digest_groups(digests: Sequence[str]) -> list[list[int]]:
 def duplicate_findings(groups: Sequence[Sequence[int]], paths: Sequence[str], labels: Sequence[int],
                        splits: Sequence[str], classes: Sequence[str], prefix: str,
                        accuracy: float | None = None) -> list[Finding]:
-    """Sort groups of identical (prefix 'exact') or near-identical ('near') images into three cases.
+    """Sort groups of identical (prefix 'exact') or near-identical ('near': pairs) images into three cases.
 
     A group under more than one class is a label conflict (every member flagged). Otherwise its
     validation members are a leak when the group also has training members (the validation copies
-    flagged), and any further copies within one split are plain duplicates (all but the first).
+    flagged), and any further copies within one split are plain duplicates (all but the first). An
+    image in several groups (near pairs) is listed once per finding, with the first copy found.
     """
     dup, conflict, leak = Finding(f"{prefix}_duplicate", 0), Finding(f"{prefix}_conflict", 0), Finding(f"{prefix}_leak", 0)
+
+    def flag(finding: Finding, i: int, copy: str) -> None:
+        if paths[i] not in finding.related:
+            finding.paths.append(paths[i])
+            finding.related[paths[i]] = copy
+
     for group in groups:
         group = sorted(group, key=lambda i: paths[i])
         if len({labels[i] for i in group}) > 1:
             for i in group:
                 other = next(j for j in group if labels[j] != labels[i])
-                conflict.paths.append(paths[i])
-                conflict.related[paths[i]] = f"{paths[other]} ({classes[labels[other]]})"
+                flag(conflict, i, f"{paths[other]} ({classes[labels[other]]})")
             continue
         train = [i for i in group if splits[i] == "train"]
         val = [i for i in group if splits[i] == "val"]
         if train and val:
             for i in val:
-                leak.paths.append(paths[i])
-                leak.related[paths[i]] = paths[train[0]]
+                flag(leak, i, paths[train[0]])
             val = []
         for members in (train, val):
             for i in members[1:]:
-                dup.paths.append(paths[i])
-                dup.related[paths[i]] = paths[members[0]]
+                flag(dup, i, paths[members[0]])
     n_val = sum(s == "val" for s in splits)
     found = []
     for finding in (dup, conflict, leak):

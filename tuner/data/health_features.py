@@ -81,30 +81,18 @@ def near_duplicate_similarity(sims: np.ndarray, ratio: float = NEAR_DUPLICATE_RA
     return 1.0 - ratio * max(median_distance, 1e-6)
 
 
-def near_duplicate_groups(sims: np.ndarray, index: np.ndarray, threshold: float,
-                          same: Sequence[str] | None = None) -> list[list[int]]:
-    """Connected groups of images linked by a similarity above `threshold`.
+def near_duplicate_pairs(sims: np.ndarray, index: np.ndarray, threshold: float,
+                         same: Sequence[str] | None = None) -> list[list[int]]:
+    """Every pair of images whose similarity is above `threshold`, once each, as [i, j] with i < j.
 
-    `same`, when given (e.g. pixel digests), marks pairs that are exact copies: those are reported as
-    exact duplicates already, so they do not link here.
+    Pairs, not connected groups: nearness is not transitive (A near B and B near C says nothing of A
+    and C), so a group chained through B would call A a copy of C. `same`, when given (e.g. pixel
+    digests), marks pairs that are exact copies: those are reported as exact duplicates already.
     """
-    parent = list(range(len(sims)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     rows, cols = np.nonzero(sims > threshold)
-    for i, j in zip(rows.tolist(), index[rows, cols].tolist()):
-        if same is not None and same[i] == same[j]:
-            continue
-        parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(parent)):
-        groups.setdefault(root(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
+    pairs = {tuple(sorted((i, j))) for i, j in zip(rows.tolist(), index[rows, cols].tolist())
+             if i != j and (same is None or same[i] != same[j])}
+    return [list(pair) for pair in sorted(pairs)]
 
 
 def outlier_scores(sims: np.ndarray, k: int = OUTLIER_NEIGHBOURS) -> np.ndarray:

@@ -42,7 +42,7 @@ from ..data.health_features import (
     OUTLIER_MADS,
     fold_count,
     likely_wrong_labels,
-    near_duplicate_groups,
+    near_duplicate_pairs,
     near_duplicate_similarity,
     nearest_neighbours,
     normalise,
@@ -203,7 +203,7 @@ def _feature_checks(features: np.ndarray, labels: np.ndarray, spec: DatasetSpec,
     accuracy = yield from _label_check(features, labels, spec, paths, report, folds, seed, stopped)
     # After cross-validation, so that a near-copy leak's effect is told at the measured accuracy.
     threshold = near_duplicate_similarity(sims)
-    near = duplicate_findings(near_duplicate_groups(sims, index, threshold, same=digests), paths, labels.tolist(),
+    near = duplicate_findings(near_duplicate_pairs(sims, index, threshold, same=digests), paths, labels.tolist(),
                               splits, spec.classes, "near", accuracy)
     for finding in near:
         finding.figures["similarity_threshold"] = threshold
