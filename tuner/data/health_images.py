@@ -25,7 +25,9 @@ CONSTANT_SPREAD = 4.0
 DARK_MEAN, BRIGHT_MEAN = 25.0, 235.0  # mean grey level
 BLUR_RATIO = 5.0  # flagged when 5x less sharp than the dataset's median image
 GREY_CHANNEL_GAP = 2.0  # mean |R-G| + |G-B| below which an image counts as greyscale
-ANALYSIS_SIDE = 128  # shorter side the statistics (not the hash) are measured at: same scale for all
+# Shorter side the statistics (not the hash) are measured at; larger images are reduced to it, smaller
+# ones are measured as they are (enlarging would only blur them).
+ANALYSIS_SIDE = 128
 
 
 @dataclass(frozen=True)
