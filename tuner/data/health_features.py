@@ -128,14 +128,18 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: i
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     classes = int(labels.max()) + 1
     probs = np.zeros((len(labels), classes), dtype=np.float64)
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (fit, held) in enumerate(split.split(features, labels)):
         head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500))
-        with warnings.catch_warnings():  # an unconverged fit still ranks labels; the count of steps is capped for time
-            warnings.simplefilter("ignore")
+        # One BLAS thread: these fits are small, and right after PyTorch computed the features its idle
+        # threads still hold the cores; two BLAS threads then made the folds about 8x slower (README,
+        # "Checking the data").
+        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+            warnings.simplefilter("ignore")  # an unconverged fit still ranks labels; its steps are capped for time
             head.fit(features[fit], labels[fit])
         probs[np.ix_(held, head.classes_)] = head.predict_proba(features[held])
         yield fold + 1, folds
