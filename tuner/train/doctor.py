@@ -52,16 +52,13 @@ from ..data.health_features import (
     suggested_classes,
 )
 from ..data.health_images import PixelStats, image_findings, pixel_stats
-from ..data.images import ImageCache, ImageDataset
-from ..data.sampling import seeded
-from ..data.transforms import eval_transform, resize_size, train_transform
-from ..events import Event, Message, Progress, drain
-from ..model.resnet import build_model, freeze, set_train_mode
+from ..data.transforms import resize_size
+from ..events import Event, Message, Progress, StageStarted, drain
 from ..model.weights import resolve_weights
 from ..runtime.setup import setup_runtime
-from .features import build_store, cache_folder, cache_key, plan_cache
+from .features import plan_cache
 from .loop import StopSignal
-from .session import IMAGE_CACHE_BYTES
+from .session import build_session
 
 PIXEL_CHUNK = 256  # images per progress step while hashing
 
@@ -163,22 +160,17 @@ def _features(config: TrainConfig, spec: DatasetSpec, report: Report, stopped: C
                               f"features, and there is none ({fix})")
         yield Message("warning", f"Skipped {report.skipped[-1]}.")
         return None
-    with seeded(config.seed):  # as training builds it: tensors a weights file lacks keep a seeded random init
-        model = build_model(len(spec.classes), source).model.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    cache = ImageCache(resize_size(config.image_size), IMAGE_CACHE_BYTES)
-    train_ds = ImageDataset(spec.train, train_transform(config.augment, config.image_size), cache, config.seed)
-    val_ds = ImageDataset(spec.val, eval_transform(config.image_size), cache, config.seed)
-    freeze(model, "head")
-    set_train_mode(model, "head", config.bn)
-    key = cache_key(model, plan, spec.fingerprint(), train_ds, val_ds, runtime, config.seed)
-    builder = build_store(model, plan, train_ds, val_ds, config.image_size, runtime, key, cache_folder(config),
-                          max(config.batch_size, 32))
-    store, interrupted = yield from _relay(builder, "features", stopped)
-    if interrupted:
+    # The head-only session training builds (same model, datasets and feature cache): its stage start computes
+    # or loads the features, and says which (and whether ONNX Runtime fell back to PyTorch) as it does in a run.
+    session = build_session(config, spec, source, runtime)
+    for event in session.start_stage("head", 0, stopped):
+        if isinstance(event, StageStarted):
+            yield Message("info", event.fast_path)
+        else:
+            yield event
+    store = session.store
+    if store is None or stopped():
         return None
-    yield Message("info", plan.describe() + (" (loaded from the cache folder)" if store.from_disk else ""))
     return torch.cat([store.train[0], store.val]).cpu().numpy()
 
 
